@@ -1,0 +1,26 @@
+# One-command setup. `make demo` sets up .venv and runs a short job of each part;
+# `make test` sets up .venv (with test packages) and runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= part2/data
+
+.PHONY: demo test venv clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) part1/train.py --input_length 20
+	$(PY) part2/my_gan.py --n_epochs 1 --data_dir $(DATA_DIR) --out part2/runs/demo
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf part1/runs part2/runs .pytest_cache

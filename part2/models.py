@@ -1,0 +1,81 @@
+"""Fully connected GAN for MNIST: generator, discriminator and loading a saved generator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gan_utils import UserError, atomic_save, safe_load
+
+IMG_SHAPE = (1, 28, 28)
+IMG_PIXELS = 28 * 28
+
+
+class Generator(nn.Module):
+    """z (B, latent_dim) -> image (B, 1, 28, 28) in [-1, 1]."""
+
+    def __init__(self, latent_dim: int = 100) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+
+        def block(n_in: int, n_out: int, norm: bool = True) -> list[nn.Module]:
+            # The Linear bias is redundant in front of BatchNorm (its mean subtraction removes it).
+            layers: list[nn.Module] = [nn.Linear(n_in, n_out, bias=not norm)]
+            if norm:
+                layers.append(nn.BatchNorm1d(n_out))  # default eps; PyTorch-GAN's (n, 0.8) sets eps=0.8
+            layers.append(nn.LeakyReLU(0.2))
+            return layers
+
+        self.net = nn.Sequential(
+            *block(latent_dim, 128, norm=False),
+            *block(128, 256),
+            *block(256, 512),
+            *block(512, 1024),
+            nn.Linear(1024, IMG_PIXELS),
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, *IMG_SHAPE)
+
+
+class Discriminator(nn.Module):
+    """image (B, 1, 28, 28) or (B, 784) -> logit (B,); the loss applies the sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(IMG_PIXELS, 512),
+            nn.LeakyReLU(0.2),
+            nn.Linear(512, 256),
+            nn.LeakyReLU(0.2),
+            nn.Linear(256, 1),
+        )
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.net(img.reshape(img.shape[0], -1)).squeeze(1)
+
+
+def save_generator(generator: Generator, path: str | Path, half: bool = False) -> None:
+    """Save generator weights alone (optionally float16, to keep committed files small)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             for k, v in generator.state_dict().items()}
+    atomic_save({"kind": "generator", "latent_dim": generator.latent_dim, "state_dict": state}, path)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """Generator in eval mode from a file of save_generator or a training checkpoint of my_gan.py."""
+    obj = safe_load(path, "generator file")
+    if obj.get("kind") == "generator":
+        latent_dim, state = obj["latent_dim"], obj["state_dict"]
+    elif "generator" in obj and "config" in obj:
+        latent_dim, state = obj["config"]["latent_dim"], obj["generator"]
+    else:
+        raise UserError(f"{path} is not a generator file or a GAN checkpoint of this repository")
+    generator = Generator(int(latent_dim))
+    try:
+        generator.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError:
+        raise UserError(f"{path} holds weights that do not fit this Generator (latent_dim {latent_dim})") from None
+    return generator.to(device).eval()
