@@ -1,0 +1,123 @@
+"""Milliseconds per LSTM training step (forward, backward, clipping, RMSprop) on this machine.
+
+Compares this repository's LSTM (hand-written backward through time, and the same model under
+plain autograd) with the per-gate formulation most student code uses (eight nn.Linear calls a
+step) and with torch.nn.LSTM plus a linear head, all measured in the same run.
+
+    python bench.py                       # batch 128, hidden 128, input lengths 19 and 99
+    python bench.py --lengths 19 --steps 50
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from lstm import LSTM
+from utils import UserError, pick_device
+
+
+class PerGateLSTM(nn.Module):
+    """The straightforward formulation: one nn.Linear per gate and input, eight calls a step."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.x_proj = nn.ModuleList(nn.Linear(input_dim, hidden_dim) for _ in range(4))
+        self.h_proj = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim, bias=False) for _ in range(4))
+        self.head = nn.Linear(hidden_dim, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.hidden_dim)
+        c = torch.zeros_like(h)
+        for x_t in x.unbind(1):
+            g, i, f, o = (wx(x_t) + wh(h) for wx, wh in zip(self.x_proj, self.h_proj))
+            c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
+            h = torch.tanh(c) * torch.sigmoid(o)
+        return self.head(h)
+
+
+class TorchLSTM(nn.Module):
+    """torch.nn.LSTM (fused C++ kernels) with a linear head on the last step."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden_dim, batch_first=True)
+        self.head = nn.Linear(hidden_dim, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+def make_models(length: int, input_dim: int, hidden: int) -> dict[str, nn.Module]:
+    return {
+        "ours (hand BPTT)": LSTM(length, input_dim, hidden, 10),
+        "ours (autograd)": LSTM(length, input_dim, hidden, 10, hand_bptt=False),
+        "per-gate nn.Linear": PerGateLSTM(input_dim, hidden, 10),
+        "torch.nn.LSTM": TorchLSTM(input_dim, hidden, 10),
+    }
+
+
+def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> float:
+    """Median milliseconds of one full training step."""
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[19, 99], help="input lengths (default: 19 99)")
+    parser.add_argument("--batch_size", type=int, default=128, help="batch size (default: 128)")
+    parser.add_argument("--num_hidden", type=int, default=128, help="hidden units (default: 128)")
+    parser.add_argument("--input_dim", type=int, default=1, help="input size (default: 1)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per model and round (default: 60)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept (default: 3)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps (default: cpu)")
+    args = parser.parse_args()
+    try:
+        if min(args.lengths + [args.batch_size, args.num_hidden, args.input_dim, args.steps, args.rounds]) < 1:
+            raise UserError("--lengths, --batch_size, --num_hidden, --input_dim, --steps, --rounds must be >= 1")
+        device = pick_device(args.device)
+    except UserError as exc:
+        print(f"bench.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    torch.manual_seed(0)
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}")
+    for length in args.lengths:
+        x = torch.randn(args.batch_size, length, args.input_dim, device=device)
+        y = torch.randint(0, 10, (args.batch_size,), device=device)
+        models = {k: m.to(device) for k, m in make_models(length, args.input_dim, args.num_hidden).items()}
+        for m in models.values():
+            time_steps(m, x, y, 5, device)  # warm-up
+        # Interleave rounds so a busy moment on the machine hits every model alike; keep each best.
+        best = {k: min(time_steps(m, x, y, args.steps, device) for _ in range(1)) for k, m in models.items()}
+        for _ in range(args.rounds - 1):
+            for k, m in models.items():
+                best[k] = min(best[k], time_steps(m, x, y, args.steps, device))
+        ref = best["torch.nn.LSTM"]
+        print(f"\ninput length {length}: ms per training step (forward+backward+clip+RMSprop)")
+        for k, ms in best.items():
+            print(f"  {k:<20} {ms:7.2f} ms   {ms / ref:5.2f}x torch.nn.LSTM")
+        print(f"  ours (hand BPTT) is {best['per-gate nn.Linear'] / best['ours (hand BPTT)']:.2f}x faster "
+              f"than per-gate nn.Linear")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Part 1 models: equivalence with torch.nn.LSTM / nn.RNN, the hand-written backward, shapes."""
+import pytest
+import torch
+from torch import nn
+
+from lstm import LSTM
+from lstm_bptt import LSTMRecurrence
+from vanilla_rnn import VanillaRNN
+
+# Our gates are stacked g, i, f, o (the assignment's order); torch.nn.LSTM stacks i, f, g, o.
+TORCH_ORDER = [1, 2, 0, 3]
+
+
+def to_torch_order(w: torch.Tensor) -> torch.Tensor:
+    return torch.cat([w.chunk(4, 0)[k] for k in TORCH_ORDER])
+
+
+def grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("hand_bptt", [True, False])
+def test_lstm_matches_torch_lstm(hand_bptt):
+    torch.manual_seed(0)
+    B, T, D, H, C = 5, 12, 3, 16, 10
+    ours = LSTM(T, D, H, C, hand_bptt=hand_bptt)
+    ref = nn.LSTM(D, H, batch_first=True)
+    head = nn.Linear(H, C)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(to_torch_order(ours.W_x))
+        ref.weight_hh_l0.copy_(to_torch_order(ours.W_h))
+        ref.bias_ih_l0.copy_(to_torch_order(ours.b))
+        ref.bias_hh_l0.zero_()
+        head.weight.copy_(ours.W_ph)
+        head.bias.copy_(ours.b_p)
+    x = torch.randn(B, T, D)
+    y = torch.randint(0, C, (B,))
+
+    out = ours(x)
+    ref_out = head(ref(x)[0][:, -1])
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+
+    nn.functional.cross_entropy(out, y).backward()
+    nn.functional.cross_entropy(ref_out, y).backward()
+    g = grads(ours)
+    torch.testing.assert_close(to_torch_order(g["W_x"]), ref.weight_ih_l0.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(to_torch_order(g["W_h"]), ref.weight_hh_l0.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(to_torch_order(g["b"]), ref.bias_ih_l0.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g["W_ph"], head.weight.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g["b_p"], head.bias.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_rnn_matches_torch_rnn():
+    torch.manual_seed(0)
+    B, T, D, H, C = 4, 15, 2, 12, 10
+    ours = VanillaRNN(T, D, H, C)
+    ref = nn.RNN(D, H, nonlinearity="tanh", batch_first=True)
+    head = nn.Linear(H, C)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(ours.W_hx)
+        ref.weight_hh_l0.copy_(ours.W_hh)
+        ref.bias_ih_l0.copy_(ours.b_h)
+        ref.bias_hh_l0.zero_()
+        head.weight.copy_(ours.W_ph)
+        head.bias.copy_(ours.b_p)
+    x = torch.randn(B, T, D)
+    y = torch.randint(0, C, (B,))
+    out, ref_out = ours(x), head(ref(x)[0][:, -1])
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    nn.functional.cross_entropy(out, y).backward()
+    nn.functional.cross_entropy(ref_out, y).backward()
+    torch.testing.assert_close(ours.W_hx.grad, ref.weight_ih_l0.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.W_hh.grad, ref.weight_hh_l0.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.b_h.grad, ref.bias_ih_l0.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.W_ph.grad, head.weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_hand_bptt_matches_autograd_reference():
+    """The fast path and the equation-by-equation autograd loop agree at a realistic size."""
+    torch.manual_seed(1)
+    model = LSTM(30, 10, 64, 10)
+    x = torch.randn(32, 30, 10)
+    y = torch.randint(0, 10, (32,))
+    results = []
+    for hand_bptt in (True, False):
+        model.hand_bptt = hand_bptt
+        model.zero_grad()
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        results.append((out.detach(), grads(model)))
+    (out_fast, g_fast), (out_ref, g_ref) = results
+    torch.testing.assert_close(out_fast, out_ref, atol=1e-6, rtol=1e-5)
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], atol=1e-6, rtol=1e-5)
+
+
+def test_gradcheck_recurrence_and_model():
+    torch.manual_seed(0)
+    xw = torch.randn(6, 3, 4 * 4, dtype=torch.double, requires_grad=True)
+    W_h = torch.randn(4 * 4, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(LSTMRecurrence.apply, (xw, W_h))
+
+    model = LSTM(5, 2, 3, 4).double()
+    x = torch.randn(2, 5, 2, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(model, (x,))
+
+
+@pytest.mark.parametrize("cls", [LSTM, VanillaRNN])
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_shapes_any_batch(cls, batch):
+    model = cls(9, 10, 8, 10)
+    assert model(torch.randn(batch, 9, 10)).shape == (batch, 10)
+    scalar_inputs = cls(9, 1, 8, 10)
+    assert scalar_inputs(torch.randn(batch, 9)).shape == (batch, 10)  # (B, T) when input_dim is 1
+    assert scalar_inputs(torch.randn(batch, 9, 1)).shape == (batch, 10)
+
+
+def test_forget_bias_initialisation():
+    model = LSTM(5, 1, 8, 10, forget_bias=3.0)
+    f_bias = model.b.chunk(4)[2]  # g, i, f, o
+    assert (f_bias > 3.0 - 1 / 8 ** 0.5 - 1e-6).all() and (model.b.chunk(4)[0].abs() <= 1 / 8 ** 0.5).all()
+
+
+def test_no_batch_size_or_device_in_model():
+    model = LSTM(5, 1, 8, 10)
+    assert not [v for v in vars(model).values() if isinstance(v, torch.device)]
+    assert "batch_size" not in vars(model)
