@@ -71,3 +71,9 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> dict:
     if not isinstance(obj, dict):
         raise UserError(f"{what} {path} does not hold a dictionary of tensors")
     return obj
+
+
+def repo_relative(path: str | Path) -> str:
+    """A path relative to the repository when inside it, so committed JSON holds no machine-specific paths."""
+    path = Path(path).resolve()
+    return str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)

@@ -1,0 +1,213 @@
+"""Seconds per epoch of my_gan.py's training loop against a conventional pipeline, same models, same run.
+
+    python part2/bench_gan.py --data_dir ../shared/mnist
+
+Conventional: torchvision MNIST through a DataLoader with ToTensor/Normalize per sample, float32,
+default Adam, one update of D then G per batch (G runs forward twice, as in the course template).
+Ours: my_gan.train_step on the whole training set held as one tensor, bf16 autocast and fp32.
+Both time a fixed number of iterations after a warm-up, interleaved in rounds so that load from other
+processes hits them alike, and extrapolate to an epoch of N // batch_size iterations.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gan_utils import HERE, UserError, pick_device, set_seed
+from models import Discriminator, Generator
+from my_gan import make_optimizers, resolve_precision, train_step
+
+PROG = "bench_gan.py"
+
+
+def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> Callable[[], None]:
+    """One call = one iteration of the template-style pipeline (DataLoader + float32 + two G forwards)."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    loader = DataLoader(datasets.MNIST(data_dir, train=True, download=False, transform=tf),
+                        batch_size=batch_size, shuffle=True, drop_last=True)
+    G, D = Generator(latent_dim).to(device), Discriminator().to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    batches = iter(loader)
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            real, _ = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            real, _ = next(batches)
+        real = real.to(device)
+        b = real.shape[0]
+        ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
+        z = torch.randn(b, latent_dim, device=device)
+        opt_d.zero_grad()
+        loss_d = (F.binary_cross_entropy_with_logits(D(real), ones)
+                  + F.binary_cross_entropy_with_logits(D(G(z).detach()), zeros)) / 2
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        loss_g = F.binary_cross_entropy_with_logits(D(G(z)), ones)
+        loss_g.backward()
+        opt_g.step()
+        loss_d.item()  # the template logs both losses every iteration
+
+    return step
+
+
+def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
+             device: torch.device) -> Callable[[], None]:
+    """One call = one iteration of my_gan.py's loop (gather from the on-device set + train_step)."""
+    G, D = Generator(latent_dim).to(device), Discriminator().to(device)
+    opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
+    _, autocast = resolve_precision(precision, device)
+    n = images.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    state = {"perm": torch.randperm(n, generator=gen).to(device), "b": 0}
+
+    def step() -> None:
+        if (state["b"] + 1) * batch_size > n:
+            state["perm"], state["b"] = torch.randperm(n, generator=gen).to(device), 0
+        b = state["b"]
+        real = images[state["perm"][b * batch_size:(b + 1) * batch_size]]
+        train_step(G, D, opt_g, opt_d, real, autocast)
+        state["b"] += 1
+
+    return step
+
+
+def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
+              device: torch.device, iters: int) -> dict[str, float]:
+    """ms per iteration of each phase of train_step (the same operations, with timers between them; CPU only)."""
+    G, D = Generator(latent_dim).to(device), Discriminator().to(device)
+    opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
+    _, autocast = resolve_precision(precision, device)
+    perm = torch.randperm(images.shape[0])
+    parts: dict[str, float] = {}
+    for i in range(iters + 20):
+        t = [time.perf_counter()]
+        real = images[perm[(i % 900) * batch_size:(i % 900 + 1) * batch_size]]
+        b = real.shape[0]
+        z = torch.randn(b, latent_dim)
+        t.append(time.perf_counter())
+        with autocast():
+            fake = G(z)
+        t.append(time.perf_counter())
+        with autocast():
+            logits = D(torch.cat([real.to(fake.dtype), fake.detach()])).float()
+        target = torch.cat([torch.ones(b), torch.zeros(b)])
+        loss_d = F.binary_cross_entropy_with_logits(logits, target)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        t.append(time.perf_counter())
+        opt_d.step()
+        t.append(time.perf_counter())
+        D.requires_grad_(False)
+        with autocast():
+            logits_gen = D(fake).float()
+        loss_g = F.binary_cross_entropy_with_logits(logits_gen, target[:b])
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        t.append(time.perf_counter())
+        opt_g.step()
+        D.requires_grad_(True)
+        t.append(time.perf_counter())
+        if i >= 20:  # warm-up excluded
+            names = ("data+noise", "G forward", "D fwd+bwd (D step)", "Adam D", "D fwd + bwd to G + G bwd (G step)", "Adam G")
+            for name, a, c in zip(names, t, t[1:]):
+                parts[name] = parts.get(name, 0.0) + (c - a) * 1000 / iters
+    return parts
+
+
+def time_rounds(loops: dict[str, Callable[[], None]], warmup: int, iters: int, rounds: int) -> dict[str, list[float]]:
+    """ms per iteration of each loop, measured in interleaved rounds of iters // rounds iterations."""
+    for step in loops.values():
+        for _ in range(warmup):
+            step()
+    per_round = max(iters // rounds, 1)
+    result: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, step in loops.items():
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            result[name].append((time.perf_counter() - t0) * 1000 / per_round)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, time both pipelines, print the table."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data_dir", default=str(HERE / "data"), help="MNIST root (holds MNIST/raw/)")
+    p.add_argument("--batch_size", type=int, default=64, help="images per update")
+    p.add_argument("--latent_dim", type=int, default=100, help="dimension of z")
+    p.add_argument("--iters", type=int, default=200, help="timed iterations per pipeline (after warm-up)")
+    p.add_argument("--warmup", type=int, default=30, help="untimed iterations per pipeline first")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the timed iterations are split into")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
+    p.add_argument("--no_breakdown", action="store_true", help="skip the per-phase timing")
+    args = p.parse_args(argv)
+    try:
+        if min(args.batch_size, args.latent_dim, args.iters, args.warmup + 1, args.rounds) <= 0:
+            raise UserError("--batch_size, --latent_dim, --iters and --rounds must be positive")
+        device = pick_device(args.device)
+        from mnist_data import load_mnist
+
+        images, _ = load_mnist(args.data_dir, train=True, download=False)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = images.to(device)
+    iters_per_epoch = images.shape[0] // args.batch_size
+    set_seed(0)
+    print(f"{PROG}: {device}, {torch.get_num_threads()} threads, batch {args.batch_size}; "
+          f"{args.warmup} warm-up + {args.iters} timed iterations per pipeline in {args.rounds} interleaved "
+          f"rounds, extrapolated to an epoch of {iters_per_epoch} iterations (load average at start: "
+          f"{' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())})")
+    loops = {
+        "conventional (DataLoader, fp32)": conventional_loop(args.data_dir, args.batch_size, args.latent_dim, device),
+        "my_gan fp32": our_loop(images, args.batch_size, args.latent_dim, "fp32", device),
+        "my_gan bf16": our_loop(images, args.batch_size, args.latent_dim, "bf16", device),
+    }
+    times = time_rounds(loops, args.warmup, args.iters, args.rounds)
+    base = statistics.median(times["conventional (DataLoader, fp32)"])
+    print(f"{'pipeline':34s} {'ms/iter (median of rounds)':>27s} {'s/epoch':>8s} {'speed-up':>9s}  rounds (ms/iter)")
+    for name, ms in times.items():
+        med = statistics.median(ms)
+        print(f"{name:34s} {med:27.2f} {med * iters_per_epoch / 1000:8.2f} {base / med:8.2f}x  "
+              f"{' '.join(f'{m:.1f}' for m in ms)}")
+    best = statistics.median(times["my_gan bf16"])
+    print(f"200 epochs at defaults, extrapolated: conventional {base * iters_per_epoch * 200 / 60000:.1f} min, "
+          f"my_gan bf16 {best * iters_per_epoch * 200 / 60000:.1f} min (target < 15 min, 4.8 ms/iter)")
+    if not args.no_breakdown and device.type == "cpu":
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, transforms
+
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+        loader = iter(DataLoader(datasets.MNIST(args.data_dir, train=True, download=False, transform=tf),
+                                 batch_size=args.batch_size, shuffle=True))
+        t0 = time.perf_counter()
+        for _ in range(100):
+            next(loader)
+        print(f"conventional DataLoader alone: {(time.perf_counter() - t0) * 10:.2f} ms/batch")
+        for precision in ("fp32", "bf16"):
+            parts = breakdown(images, args.batch_size, args.latent_dim, precision, device, args.iters // 2)
+            print(f"my_gan {precision} breakdown (ms/iter, sum {sum(parts.values()):.2f}): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+
+
+if __name__ == "__main__":
+    main()

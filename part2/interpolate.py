@@ -1,0 +1,146 @@
+"""Interpolate between two latents whose digits the classifier puts in different classes; save a labelled row.
+
+    python part2/interpolate.py RUN_DIR_OR_GENERATOR [--from 3 --to 8] [--spherical]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+from classifier import DigitClassifier, classify, load_classifier
+from gan_utils import HERE, UserError, pick_device
+from models import load_generator
+from sampling import generate, latents
+from scores import CONFIDENCE
+
+N_IMAGES = 9          # 7 intermediate steps plus the two endpoints
+N_CANDIDATES = 2000   # latents searched at once for a confident pair
+DEFAULT_RUN = HERE / "results" / "gan"
+
+
+def check_digit(digit: int | None, flag: str) -> None:
+    if digit is not None and not 0 <= digit <= 9:
+        raise UserError(f"{flag} must be a digit 0..9, got {digit}")
+
+
+def find_pair(generator: nn.Module, classifier: DigitClassifier, from_digit: int | None = None,
+              to_digit: int | None = None, n_candidates: int = N_CANDIDATES, threshold: float = CONFIDENCE,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two latents (latent_dim,) whose samples are confidently of different classes (the named ones if given).
+
+    All candidates are generated and classified in one batched pass; the first confident candidate
+    of the wanted class is taken, so the choice is random but fixed by the seed.
+    """
+    check_digit(from_digit, "--from")
+    check_digit(to_digit, "--to")
+    if from_digit is not None and from_digit == to_digit:
+        raise UserError(f"--from and --to must be different digits, both are {from_digit}")
+    z = latents(n_candidates, generator.latent_dim, seed)  # (N, D)
+    _, probs = classify(classifier, generate(generator, z))
+    conf, label = probs.max(1)
+    ok = conf >= threshold
+
+    def first(digit: int | None, exclude: int | None) -> int:
+        mask = ok.clone()
+        if digit is not None:
+            mask &= label == digit
+        if exclude is not None:
+            mask &= label != exclude
+        hits = mask.nonzero().flatten()
+        if hits.numel() == 0:
+            wanted = f"a {digit}" if digit is not None else (
+                f"a digit other than {exclude}" if exclude is not None else "any digit")
+            raise UserError(f"none of {n_candidates} candidate latents (seed {seed}) gives {wanted} with confidence "
+                            f">= {threshold}; try another --seed, more --candidates or a lower --threshold")
+        return int(hits[0])
+
+    i = first(from_digit, exclude=to_digit)  # a random start must leave room for a named end digit
+    j = first(to_digit, exclude=int(label[i]))
+    return z[i], z[j]
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, n_images: int = N_IMAGES, spherical: bool = False) -> torch.Tensor:
+    """(n_images, D) latents from z0 to z1, endpoints included; linear, or slerp along the great circle."""
+    t = torch.linspace(0, 1, n_images, dtype=z0.dtype)[:, None]  # (n, 1)
+    if not spherical:
+        return (1 - t) * z0 + t * z1
+    cos = torch.dot(z0, z1) / (z0.norm() * z1.norm())
+    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
+
+
+def interpolation(generator: nn.Module, classifier: DigitClassifier, from_digit: int | None = None,
+                  to_digit: int | None = None, n_images: int = N_IMAGES, spherical: bool = False,
+                  n_candidates: int = N_CANDIDATES, threshold: float = CONFIDENCE, seed: int = 0) -> dict:
+    """Images (n, 1, 28, 28), predicted labels (n,), confidences (n,) and latents (n, D) along the path."""
+    if n_images < 2:
+        raise UserError(f"--n_images must be >= 2 (the two endpoints), got {n_images}")
+    z0, z1 = find_pair(generator, classifier, from_digit, to_digit, n_candidates, threshold, seed)
+    z = interpolate(z0, z1, n_images, spherical)
+    images = generate(generator, z)
+    _, probs = classify(classifier, images)
+    conf, label = probs.max(1)
+    return {"images": images, "labels": label, "confidences": conf.float(), "z": z, "spherical": spherical}
+
+
+def plot_interpolation(result: dict, title: str | None = None) -> plt.Figure:
+    """One row of images, each titled with the classifier's class and confidence."""
+    n = result["images"].shape[0]
+    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.9))
+    for ax, img, lab, conf in zip(axes, result["images"], result["labels"], result["confidences"]):
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(f"{int(lab)} ({float(conf):.2f})", fontsize=10)
+        ax.axis("off")
+    kind = "spherical" if result["spherical"] else "linear"
+    fig.suptitle(title or f"{kind} interpolation, classifier label (confidence)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("generator", nargs="?", default=str(DEFAULT_RUN),
+                   help="generator file, checkpoint, or run folder (uses generator_end.pt) (default: part2/results/gan)")
+    p.add_argument("--classifier", default=None, help="classifier weights (default: part2/results/classifier.pt)")
+    p.add_argument("--from", dest="from_digit", type=int, default=None, help="first digit (default: random)")
+    p.add_argument("--to", dest="to_digit", type=int, default=None, help="last digit (default: random, != first)")
+    p.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
+    p.add_argument("--n_images", type=int, default=N_IMAGES, help="images including endpoints (default: %(default)s)")
+    p.add_argument("--candidates", type=int, default=N_CANDIDATES, help="latents searched (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=CONFIDENCE, help="endpoint confidence (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps (default: %(default)s)")
+    p.add_argument("--out", default=None, help="PNG path (default: interpolation_A_to_B.png next to the generator)")
+    args = p.parse_args()
+    try:
+        if args.candidates < 2:
+            raise UserError(f"--candidates must be >= 2, got {args.candidates}")
+        if not 0 < args.threshold < 1:
+            raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+        path = Path(args.generator)
+        path = path / "generator_end.pt" if path.is_dir() else path
+        device = pick_device(args.device)
+        generator = load_generator(path, device)
+        classifier = load_classifier(args.classifier, device)
+        result = interpolation(generator, classifier, args.from_digit, args.to_digit, args.n_images,
+                               args.spherical, args.candidates, args.threshold, args.seed)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    a, b = int(result["labels"][0]), int(result["labels"][-1])
+    out = Path(args.out) if args.out else path.parent / f"interpolation_{a}_to_{b}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = plot_interpolation(result)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    labels = " ".join(f"{int(l)}({float(c):.2f})" for l, c in zip(result["labels"], result["confidences"]))
+    print(f"{labels}\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+"""Train the fully connected GAN on MNIST: fast, resumable, with 5x5 sample grids.
+
+    cd part2 && python my_gan.py --n_epochs 200
+    python part2/my_gan.py --n_epochs 1 --data_dir ../shared/mnist --out /tmp/gan1
+
+Everything a run makes goes under --out (see README / the issue for the folder contract):
+config.json, checkpoint.pt, grids/iter_*.png, grid_{start,half,end}.png,
+generator_{start,half,end}.pt, losses.csv, losses.png.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib.util
+import json
+import math
+import shlex
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from gan_utils import HERE, UserError, atomic_save, pick_device, safe_load, set_seed
+from models import Discriminator, Generator, save_generator
+
+PROG = "my_gan.py"
+LOG_EVERY = 50  # iterations averaged into one row of losses.csv (and one progress-bar update of the losses)
+N_SAMPLES = 25  # the 5x5 grid
+CSV_HEADER = ["iteration", "epoch", "loss_d", "loss_g", "d_real", "d_fake"]
+# A resumed run must train the same problem; --n_epochs, --save_interval, --device, --out may change.
+RESUME_MUST_MATCH = ("latent_dim", "batch_size", "lr", "precision")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: the checkpoint has been saved; the CLI exits 130."""
+
+
+class TrainingDiverged(Exception):
+    """A loss became NaN or inf; the last good checkpoint is kept; the CLI exits 1."""
+
+
+@dataclass
+class Config:
+    """Everything that defines a run; defaults are the course template's."""
+
+    n_epochs: int = 200
+    batch_size: int = 64
+    lr: float = 0.0002
+    latent_dim: int = 100
+    save_interval: int = 500
+    data_dir: str = str(HERE / "data")
+    out: str = str(HERE / "runs" / "gan")
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "bf16"
+    threads: int = 0  # 0: torch's default (one per core)
+    resume: bool = False
+    eval_scores: bool = False
+    download: bool = True
+
+    def validate(self) -> None:
+        """Refuse impossible values before any data or model is touched."""
+        for name in ("n_epochs", "batch_size", "latent_dim", "save_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"--{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise UserError(f"--threads must be 0 (torch's default) or a positive integer, got {self.threads!r}")
+        if self.precision not in ("bf16", "fp32"):
+            raise UserError(f"--precision must be bf16 or fp32, got {self.precision!r}")
+        if self.eval_scores and importlib.util.find_spec("evaluate") is None:
+            # Checked now rather than after hours of training.
+            raise UserError("--eval_scores: part2/evaluate.py (score_run) is not available")
+
+
+# ----------------------------------------------------------------------------- the update
+
+
+def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
+               opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
+    """One update of D, then one of G, on a batch of real images (B, 1, 28, 28).
+
+    Returns the detached tensor [loss_d, loss_g, d_real, d_fake] (no host sync, so the loop
+    never waits on the device). One generator forward serves both updates: D sees it detached,
+    then G backpropagates through the same graph (G's weights have not changed in between).
+    """
+    b = real.shape[0]
+    z = torch.randn(b, generator.latent_dim, device=real.device)  # (B, latent)
+    with autocast():
+        fake = generator(z)  # (B, 1, 28, 28)
+        # D has no BatchNorm, so real and fake can share one forward (one larger matmul per layer).
+        logits = discriminator(torch.cat([real.to(fake.dtype), fake.detach()])).float()  # (2B,)
+    target = torch.cat([torch.ones(b, device=real.device), torch.zeros(b, device=real.device)])
+    # Mean over 2B = (loss on real + loss on fake) / 2, the template's discriminator loss.
+    loss_d = F.binary_cross_entropy_with_logits(logits, target)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    # D's weight gradients in the G step would be thrown away (zeroed before D's next update): skip them.
+    discriminator.requires_grad_(False)
+    with autocast():  # a new autocast region: the bf16 copies of D's weights must be the updated ones
+        logits_gen = discriminator(fake).float()  # (B,)
+    # Non-saturating generator loss: minimise -log D(G(z)) instead of the minimax log(1 - D(G(z))).
+    # Both have the same fixed point, but early on, when D rejects fakes easily, log(1 - D) is flat
+    # and gives G almost no gradient, while -log D gives a strong one (Goodfellow et al., 2014).
+    loss_g = F.binary_cross_entropy_with_logits(logits_gen, target[:b])
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    discriminator.requires_grad_(True)
+
+    with torch.no_grad():
+        probs = torch.sigmoid(logits)
+        return torch.stack([loss_d.detach(), loss_g.detach(), probs[:b].mean(), probs[b:].mean()])
+
+
+def make_optimizers(generator: Generator, discriminator: Discriminator,
+                    lr: float, device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam(betas=(0.5, 0.999)); the fused kernel where the device has one (one kernel, not one per tensor)."""
+    fused = device.type in ("cpu", "cuda")  # mps has a fused Adam only in recent releases
+    kw = dict(lr=lr, betas=(0.5, 0.999), fused=True) if fused else dict(lr=lr, betas=(0.5, 0.999))
+    return torch.optim.Adam(generator.parameters(), **kw), torch.optim.Adam(discriminator.parameters(), **kw)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, Callable[[], Any]]:
+    """(precision actually used, factory of the autocast context) for this device."""
+    if precision == "bf16":
+        if device.type == "mps":
+            print(f"{PROG}: note: bf16 autocast is not used on mps; training in fp32")
+            precision = "fp32"
+        elif device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            print(f"{PROG}: note: this GPU has no bf16; training in fp32")
+            precision = "fp32"
+    if precision == "fp32":
+        return "fp32", contextlib.nullcontext
+    # Master weights and optimiser state stay float32; only matmuls and activations run in bf16.
+    return "bf16", lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def save_grid(generator: Generator, fixed_noise: torch.Tensor, path: Path) -> None:
+    """5x5 grid from the fixed noise, generator in eval mode (BatchNorm running stats), fp32."""
+    from torchvision.utils import save_image  # torchvision's import is slow; only needed here
+
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        images = generator(fixed_noise).float().cpu()  # (25, 1, 28, 28)
+    generator.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, str(path), nrow=5, normalize=True, value_range=(-1, 1))
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> None:
+    """Loss curves and mean D outputs from losses.csv (Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_csv_rows(csv_path)
+    if not rows:
+        return
+    it = [int(r["iteration"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(it, [float(r["loss_d"]) for r in rows], label="D loss")
+    ax1.plot(it, [float(r["loss_g"]) for r in rows], label="G loss (non-saturating)")
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel(f"BCE (mean over {LOG_EVERY} iterations)")
+    ax1.legend()
+    ax2.plot(it, [float(r["d_real"]) for r in rows], label="D(x)")
+    ax2.plot(it, [float(r["d_fake"]) for r in rows], label="D(G(z))")
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("mean sigmoid output")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of losses.csv as dicts (empty when the file is missing)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def truncate_csv(path: Path, last_iteration: int) -> None:
+    """Drop rows logged after the checkpoint (a run killed mid-epoch logged beyond it)."""
+    rows = [r for r in read_csv_rows(path) if int(r["iteration"]) <= last_iteration]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_HEADER)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@contextlib.contextmanager
+def stop_on_sigint() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C into a flag that the loop checks between updates.
+
+    An exception raised inside an update could leave D updated and G not; stopping between
+    updates makes the saved checkpoint exact. A second Ctrl-C interrupts at once.
+    """
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C behaves as usual
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def get_rng_state(shuffle_state: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """RNG states as tensors, so the checkpoint loads with weights_only=True."""
+    rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        rng["mps"] = torch.mps.get_rng_state()
+    return rng
+
+
+def set_rng_state(rng: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore the noise RNGs (the shuffle generator is restored by the caller)."""
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    elif device.type == "mps" and "mps" in rng:
+        torch.mps.set_rng_state(rng["mps"])
+
+
+def load_checkpoint(config: Config) -> dict[str, Any]:
+    """checkpoint.pt of --out, checked against the config; one-line errors otherwise."""
+    path = Path(config.out) / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path} (run without --resume to start)")
+    ckpt = safe_load(path, "--resume: checkpoint")
+    missing = [k for k in ("generator", "discriminator", "opt_g", "opt_d", "epoch", "iteration",
+                           "rng", "config", "fixed_noise") if k not in ckpt]
+    if missing:
+        raise UserError(f"--resume: {path} is not a checkpoint of {PROG} (missing {', '.join(missing)})")
+    saved = ckpt["config"]
+    for name in RESUME_MUST_MATCH:
+        if saved.get(name) != getattr(config, name):
+            raise UserError(f"--resume: the checkpoint was made with --{name} {saved.get(name)}, "
+                            f"not {getattr(config, name)}; pass the same value or use another --out")
+    if ckpt["epoch"] >= config.n_epochs:
+        raise UserError(f"--resume: the checkpoint has already completed {ckpt['epoch']} epochs; "
+                        f"raise --n_epochs above {ckpt['epoch']} to continue")
+    return ckpt
+
+
+def train(config: Config, command: str | None = None) -> dict[str, Any]:
+    """Train (or resume) a GAN run into config.out; return a summary with the output paths.
+
+    Raises UserError for bad input, TrainingInterrupted after Ctrl-C (checkpoint saved),
+    TrainingDiverged when a loss becomes non-finite (last good checkpoint kept).
+    """
+    config.validate()
+    device = pick_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    ckpt = load_checkpoint(config) if config.resume else None
+
+    from mnist_data import load_mnist  # torchvision import; after the cheap checks
+
+    images, _ = load_mnist(config.data_dir, train=True, download=config.download)  # (N, 1, 28, 28) in [-1, 1]
+    n_train = images.shape[0]
+    if config.batch_size > n_train:
+        raise UserError(f"--batch_size {config.batch_size} is larger than the training set ({n_train} images)")
+    # The whole set lives on the device (188 MB as float32): a batch is one gather, no DataLoader.
+    images = images.to(device)
+    # The last partial batch is dropped (like drop_last=True): every update sees batch_size images,
+    # and each epoch's shuffle puts different images in the dropped tail.
+    iters_per_epoch = n_train // config.batch_size
+    total_iters = config.n_epochs * iters_per_epoch
+    half_iter = total_iters // 2
+
+    set_seed(config.seed)
+    generator = Generator(config.latent_dim).to(device)
+    discriminator = Discriminator().to(device)
+    opt_g, opt_d = make_optimizers(generator, discriminator, config.lr, device)
+    precision, autocast = resolve_precision(config.precision, device)
+    shuffle_gen = torch.Generator().manual_seed(config.seed)  # its own stream: shuffling never shifts the noise
+    # Drawn once from its own seeded generator, so every grid of a run shows the same 25 latents.
+    fixed_noise = torch.randn(N_SAMPLES, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
+
+    start_epoch, skip_batches, iteration = 0, 0, 0
+    if ckpt is not None:
+        generator.load_state_dict(ckpt["generator"])
+        discriminator.load_state_dict(ckpt["discriminator"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        fixed_noise = ckpt["fixed_noise"]
+        start_epoch, iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        skip_batches = int(ckpt.get("batch_in_epoch", 0))
+        shuffle_gen.set_state(ckpt["rng"]["shuffle"])
+        set_rng_state(ckpt["rng"], device)
+        if iteration > half_iter and ckpt["config"].get("n_epochs") != config.n_epochs:
+            print(f"{PROG}: note: the new halfway point (iteration {half_iter}) has already passed; "
+                  f"grid_half.png stays the one of the earlier schedule")
+    fixed_noise = fixed_noise.to(device)
+
+    out.mkdir(parents=True, exist_ok=True)
+    grids = out / "grids"
+    csv_path = out / "losses.csv"
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt is None:
+        for old in grids.glob("iter_*.png"):  # grids of an earlier run in this folder would mix with ours
+            old.unlink()
+        truncate_csv(csv_path, -1)
+    else:
+        truncate_csv(csv_path, iteration)
+    record = {**asdict(config), "precision_used": precision, "device_used": str(device),
+              "n_train": n_train, "iterations_per_epoch": iters_per_epoch,
+              "command": command, "resumed_at_iteration": iteration}
+    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    def snapshot(tag: str) -> None:
+        save_grid(generator, fixed_noise, out / f"grid_{tag}.png")
+        save_generator(generator, out / f"generator_{tag}.pt")
+
+    def save_checkpoint(epoch: int, batch_in_epoch: int, shuffle_state: torch.Tensor) -> None:
+        atomic_save({
+            "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "epoch": epoch,  # completed epochs
+            "batch_in_epoch": batch_in_epoch,  # updates done in epoch `epoch` (0 at an epoch boundary)
+            "iteration": iteration, "rng": get_rng_state(shuffle_state, device),
+            "config": asdict(config), "fixed_noise": fixed_noise.cpu(),
+        }, ckpt_path)
+
+    window: list[torch.Tensor] = []
+
+    def flush(epoch: int) -> None:
+        """Average the window into one CSV row; stop on a non-finite loss (one host sync per call)."""
+        if not window:
+            return
+        stats = torch.stack(window).float().mean(0).tolist()
+        window.clear()
+        if not all(math.isfinite(v) for v in stats[:2]):
+            raise TrainingDiverged(
+                f"loss became non-finite (loss_d={stats[0]}, loss_g={stats[1]}) by iteration {iteration} "
+                f"(epoch {epoch + 1}); stopped. {ckpt_path} keeps the last good state "
+                f"(try a lower --lr or --precision fp32)")
+        with open(csv_path, "a", newline="") as f:
+            csv.writer(f).writerow([iteration, epoch + 1] + [f"{v:.6f}" for v in stats])
+        bar.set_postfix(loss_d=f"{stats[0]:.3f}", loss_g=f"{stats[1]:.3f}",
+                        d_real=f"{stats[2]:.2f}", d_fake=f"{stats[3]:.2f}", refresh=False)
+
+    print(f"{PROG}: {device} {precision}, {n_train} images, {iters_per_epoch} iterations/epoch of "
+          f"{config.batch_size} (last {n_train % config.batch_size} images of each shuffle dropped), "
+          f"{'resuming at iteration ' + str(iteration) if ckpt else 'new run'} -> {out}")
+    if ckpt is None:
+        save_grid(generator, fixed_noise, grids / f"iter_{0:07d}.png")
+        snapshot("start")
+        if half_iter == 0:
+            snapshot("half")
+
+    from tqdm import tqdm
+
+    generator.train()
+    discriminator.train()
+    t0 = time.perf_counter()
+    start_iteration = iteration
+    bar = tqdm(total=total_iters, initial=iteration, unit="it", dynamic_ncols=True, mininterval=0.5)
+    try:
+        with stop_on_sigint() as flag:
+            for epoch in range(start_epoch, config.n_epochs):
+                shuffle_state = shuffle_gen.get_state()  # saved: a resume redraws this epoch's order
+                perm = torch.randperm(n_train, generator=shuffle_gen).to(device)
+                for b in range(skip_batches, iters_per_epoch):
+                    real = images[perm[b * config.batch_size:(b + 1) * config.batch_size]]  # (B, 1, 28, 28)
+                    window.append(train_step(generator, discriminator, opt_g, opt_d, real, autocast))
+                    iteration += 1
+                    bar.update(1)
+                    if iteration % LOG_EVERY == 0:
+                        flush(epoch)
+                    if iteration % config.save_interval == 0:
+                        save_grid(generator, fixed_noise, grids / f"iter_{iteration:07d}.png")
+                    if iteration == half_iter:
+                        snapshot("half")
+                    if flag["stop"] and b + 1 < iters_per_epoch:
+                        flush(epoch)  # refuses to save a diverged state
+                        save_checkpoint(epoch, b + 1, shuffle_state)
+                        plot_losses(csv_path, out / "losses.png")
+                        raise TrainingInterrupted(
+                            f"interrupted at iteration {iteration} (epoch {epoch + 1}); checkpoint saved to "
+                            f"{ckpt_path}; continue with the same flags plus --resume")
+                skip_batches = 0
+                flush(epoch)
+                save_checkpoint(epoch + 1, 0, shuffle_gen.get_state())
+                if flag["stop"] and epoch + 1 < config.n_epochs:
+                    plot_losses(csv_path, out / "losses.png")
+                    raise TrainingInterrupted(
+                        f"interrupted at iteration {iteration} (end of epoch {epoch + 1}); checkpoint saved "
+                        f"to {ckpt_path}; continue with the same flags plus --resume")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+
+    save_grid(generator, fixed_noise, out / "grid_end.png")
+    snapshot("end")
+    plot_losses(csv_path, out / "losses.png")
+    done = iteration - start_iteration
+    print(f"{PROG}: {done} iterations in {seconds:.1f} s ({1000 * seconds / max(done, 1):.2f} ms/iteration); "
+          f"outputs in {out}")
+    summary: dict[str, Any] = {
+        "out": out, "iterations": iteration, "epochs": config.n_epochs, "seconds": seconds,
+        "device": str(device), "precision": precision, "checkpoint": ckpt_path,
+        "grids": {t: out / f"grid_{t}.png" for t in ("start", "half", "end")},
+        "generators": {t: out / f"generator_{t}.pt" for t in ("start", "half", "end")},
+        "losses_csv": csv_path, "losses_png": out / "losses.png",
+    }
+    if config.eval_scores:
+        from evaluate import score_run  # another engineer's module; imported only when asked for
+
+        summary["scores"] = score_run(out, data_dir=config.data_dir, device=device)
+    return summary
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse errors as one line (no usage block), like every other error of this script."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Command line -> Config (the defaults come from Config itself)."""
+    d = Config()
+    p = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--n_epochs", type=int, default=d.n_epochs, help="epochs to train (may be raised on --resume)")
+    p.add_argument("--batch_size", type=int, default=d.batch_size, help="images per update")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of both networks")
+    p.add_argument("--latent_dim", type=int, default=d.latent_dim, help="dimension of the noise z")
+    p.add_argument("--save_interval", type=int, default=d.save_interval, help="save a sample grid every N iterations")
+    p.add_argument("--data_dir", default=d.data_dir, help="MNIST root (holds MNIST/raw/); downloaded there if missing")
+    p.add_argument("--no_download", dest="download", action="store_false", help="never try to download MNIST")
+    p.add_argument("--out", default=d.out, help="output folder of the run")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, noise, shuffling and the fixed grid noise")
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="where to train")
+    p.add_argument("--precision", default=d.precision, choices=["bf16", "fp32"],
+                   help="bf16 autocast (float32 master weights) or plain float32")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads (0: torch's default); on a machine busy with other jobs, 1 can be several "
+                        "times faster, since OpenMP threads spin-wait for a descheduled partner")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--eval_scores", action="store_true",
+                   help="after training, score the start/half/end generators (evaluate.score_run)")
+    args = p.parse_args(argv)
+    return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: one line on stderr and exit 2 for bad input, 130 after Ctrl-C, 1 on divergence."""
+    config = parse_args(argv)
+    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join([PROG, *argv])
+    try:
+        train(config, command)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingInterrupted as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        sys.exit(130)
+    except TrainingDiverged as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        print(f"{PROG}: interrupted; {Path(config.out) / 'checkpoint.pt'} holds the last end of epoch, if any",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

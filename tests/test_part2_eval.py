@@ -1,0 +1,200 @@
+"""Part 2 evaluation: score functions on known cases, score_run, interpolation, one-line CLI errors."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifier import DigitClassifier, load_classifier, save_classifier
+from evaluate import score_run
+from gan_utils import UserError
+from interpolate import find_pair, interpolate, interpolation
+from models import load_generator
+from part2_fakes import make_classifier, make_run
+from scores import (class_histogram, confident_fraction, frechet_distance, frechet_distance_feats,
+                    inception_score, kl_from_uniform)
+
+PART2 = Path(__file__).resolve().parents[1] / "part2"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run folder of untrained generators and a classifier that sorts their samples confidently."""
+    root = tmp_path_factory.mktemp("tiny")
+    run = make_run(root / "run")
+    clf = make_classifier(load_generator(run / "generator_end.pt"), root / "classifier.pt")
+    return run, clf
+
+
+# --- score functions on known cases ---------------------------------------------------------
+
+def test_frechet_identical_sets_is_zero() -> None:
+    feats = torch.randn(500, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert frechet_distance_feats(feats, feats) < 1e-8
+
+
+def test_frechet_matches_closed_form_and_reference() -> None:
+    g = torch.Generator().manual_seed(1)
+    # Diagonal covariances: ||dmu||^2 + sum (sqrt a - sqrt b)^2.
+    mu1, mu2 = torch.zeros(3, dtype=torch.float64), torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    a, b = torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64), torch.tensor([4.0, 1.0, 9.0], dtype=torch.float64)
+    expected = 5.0 + ((a.sqrt() - b.sqrt()) ** 2).sum().item()
+    assert frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b)) == pytest.approx(expected, rel=1e-9)
+    # Non-commuting covariances: Tr sqrt(S1 S2) is the sum of square roots of the eigenvalues of S1 S2.
+    m1, m2 = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, 6, generator=g, dtype=torch.float64)
+    s1, s2 = m1 @ m1.T + 0.1 * torch.eye(6), m2 @ m2.T + 0.1 * torch.eye(6)
+    tr_sqrt = torch.linalg.eigvals(s1 @ s2).real.clamp(min=0).sqrt().sum().item()
+    ref = (s1.trace() + s2.trace()).item() - 2 * tr_sqrt
+    got = frechet_distance(torch.zeros(6, dtype=torch.float64), s1, torch.zeros(6, dtype=torch.float64), s2)
+    assert got == pytest.approx(ref, rel=1e-7)
+
+
+def test_frechet_grows_with_a_shift() -> None:
+    feats = torch.randn(2000, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert frechet_distance_feats(feats, feats + 3.0) == pytest.approx(8 * 9.0, rel=1e-6)
+
+
+def test_kl_from_uniform_known_cases() -> None:
+    one_class = torch.zeros(100, 10, dtype=torch.float64)
+    one_class[:, 4] = 1.0
+    assert kl_from_uniform(class_histogram(one_class)) == pytest.approx(math.log(10))
+    balanced = torch.eye(10, dtype=torch.float64).repeat(30, 1)
+    assert kl_from_uniform(class_histogram(balanced)) == pytest.approx(0.0, abs=1e-12)
+    assert class_histogram(one_class).tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+
+
+def test_inception_score_known_cases() -> None:
+    confident_uniform = torch.eye(10, dtype=torch.float64).repeat(100, 1)  # every split holds each class equally
+    mean, std = inception_score(confident_uniform, splits=10)
+    assert mean == pytest.approx(10.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+    same = torch.full((1000, 10), 0.1, dtype=torch.float64)
+    assert inception_score(same)[0] == pytest.approx(1.0)
+    one_class = torch.zeros(1000, 10, dtype=torch.float64)
+    one_class[:, 7] = 1.0
+    assert inception_score(one_class)[0] == pytest.approx(1.0)
+
+
+def test_confident_fraction_threshold() -> None:
+    probs = torch.tensor([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], dtype=torch.float64)
+    assert confident_fraction(probs, 0.9) == pytest.approx(0.5)
+
+
+# --- score_run and interpolation on tiny models -----------------------------------------------
+
+def test_score_run_writes_all_stages(tiny: tuple[Path, Path], fake_mnist: Path) -> None:
+    run, clf = tiny
+    result = score_run(run, fake_mnist, clf, device="cpu", n_samples=200, seed=0)
+    on_disk = json.loads((run / "scores.json").read_text())
+    assert set(on_disk) == {"start", "half", "end", "real", "meta"}
+    assert on_disk["end"]["fid"] == pytest.approx(result["end"]["fid"])
+    for stage in ("start", "half", "end", "real"):
+        s = on_disk[stage]
+        assert math.isfinite(s["fid"]) and s["fid"] >= 0
+        assert 1.0 <= s["inception_score"] <= 10.0 + 1e-9
+        assert sum(s["class_histogram"]) == pytest.approx(1.0)
+        assert 0.0 <= s["kl_from_uniform"] <= math.log(10) + 1e-9
+    assert on_disk["real"]["n"] == 200 and on_disk["meta"]["confidence_threshold"] == 0.9
+    assert on_disk["start"]["fid"] != on_disk["end"]["fid"]  # each stage scores its own generator
+
+
+def test_interpolation_endpoints_differ_in_class(tiny: tuple[Path, Path]) -> None:
+    run, clf_path = tiny
+    gen, clf = load_generator(run / "generator_end.pt"), load_classifier(clf_path)
+    result = interpolation(gen, clf, n_candidates=500, seed=0)
+    assert result["images"].shape == (9, 1, 28, 28)
+    labels, conf = result["labels"], result["confidences"]
+    assert labels[0] != labels[-1]
+    assert conf[0] >= 0.9 and conf[-1] >= 0.9
+    assert torch.equal(interpolation(gen, clf, n_candidates=500, seed=0)["images"], result["images"])  # seeded
+    named = interpolation(gen, clf, from_digit=3, to_digit=8, spherical=True, n_candidates=500, seed=0)
+    assert (int(named["labels"][0]), int(named["labels"][-1])) == (3, 8)
+    assert gen.training is False and clf.training is False
+
+
+def test_interpolate_paths() -> None:
+    z0, z1 = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
+    lin = interpolate(z0, z1, 9)
+    assert lin.shape == (9, 16) and torch.allclose(lin[0], z0) and torch.allclose(lin[-1], z1)
+    assert torch.allclose(lin[4], (z0 + z1) / 2)
+    z1 = z1 * z0.norm() / z1.norm()
+    sph = interpolate(z0, z1, 9, spherical=True)
+    assert torch.allclose(sph[0], z0, atol=1e-5) and torch.allclose(sph[-1], z1, atol=1e-5)
+    assert torch.allclose(sph.norm(dim=1), z0.norm().expand(9), rtol=1e-4)  # stays on the sphere
+
+
+def test_find_pair_fails_clearly_when_no_confident_pair(tiny: tuple[Path, Path]) -> None:
+    run, clf_path = tiny
+    gen, clf = load_generator(run / "generator_start.pt"), load_classifier(clf_path)
+    with pytest.raises(UserError, match="confidence"):  # this classifier never puts this generator's samples in 1
+        find_pair(gen, clf, from_digit=1, to_digit=8, n_candidates=500, seed=0)
+    with pytest.raises(UserError, match="different"):
+        find_pair(gen, clf, from_digit=5, to_digit=5)
+
+
+# --- bad input: one clear line ----------------------------------------------------------------
+
+def test_load_classifier_rejects_bad_files(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    run, _ = tiny
+    with pytest.raises(UserError, match="not found"):
+        load_classifier(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a zip file")
+    with pytest.raises(UserError, match="corrupt"):
+        load_classifier(tmp_path / "corrupt.pt")
+    with pytest.raises(UserError, match="not a digit classifier"):
+        load_classifier(run / "generator_end.pt")
+    wrong = DigitClassifier()
+    wrong.head = torch.nn.Linear(128, 7)  # right kind, wrong shapes
+    save_classifier(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(UserError, match="do not fit"):
+        load_classifier(tmp_path / "wrong.pt")
+
+
+def assert_one_line_error(returncode: int, stderr: str, needle: str) -> None:
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], stderr
+
+
+def run_main(module, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Call a CLI's main() in this process (no second torch import); return exit code and stderr."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_evaluate_cli_missing_checkpoint(tmp_path: Path) -> None:
+    """The real command line, once, in a subprocess: exit 2, one line, no Traceback."""
+    proc = subprocess.run([sys.executable, "evaluate.py", str(tmp_path / "nope.pt"), "--data_dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=PART2)
+    assert_one_line_error(proc.returncode, proc.stderr, "not found")
+
+
+def test_evaluate_cli_classifier_that_does_not_match(tiny: tuple[Path, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import evaluate
+    run, _ = tiny
+    gen = str(run / "generator_end.pt")
+    code, err = run_main(evaluate, [gen, "--classifier", gen, "--data_dir", str(tmp_path), "--device", "cpu"],
+                         monkeypatch, capsys)
+    assert_one_line_error(code, err, "not a digit classifier")
+    code, err = run_main(evaluate, [str(run), "--n_samples", "1", "--device", "cpu"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "--n_samples")
+
+
+def test_interpolate_cli_bad_digits(tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture) -> None:
+    import interpolate
+    run, clf = tiny
+    code, err = run_main(interpolate, [str(run), "--classifier", str(clf), "--from", "4", "--to", "4"],
+                         monkeypatch, capsys)
+    assert_one_line_error(code, err, "different digits")
+    code, err = run_main(interpolate, [str(run), "--classifier", str(clf), "--from", "12"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "--from")
