@@ -107,8 +107,8 @@ def main() -> None:
         for m in models.values():
             time_steps(m, x, y, 5, device)  # warm-up
         # Interleave rounds so a busy moment on the machine hits every model alike; keep each best.
-        best = {k: min(time_steps(m, x, y, args.steps, device) for _ in range(1)) for k, m in models.items()}
-        for _ in range(args.rounds - 1):
+        best = dict.fromkeys(models, float("inf"))
+        for _ in range(args.rounds):
             for k, m in models.items():
                 best[k] = min(best[k], time_steps(m, x, y, args.steps, device))
         ref = best["torch.nn.LSTM"]

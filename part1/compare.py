@@ -23,15 +23,13 @@ MODELS = ("lstm", "rnn")
 
 
 def run_config(model: str, length: int, seed: int, args: argparse.Namespace) -> Config:
-    # Long inputs need the LSTM's forget gates to start closer to 1 (see lstm.py); the
-    # vanilla RNN has no gate to set, so it gets the same budget and nothing else.
-    long = length >= args.long_from
+    # One setting for every length; only the LSTM has gates whose initialisation matters.
     return Config(
         model=model, input_length=length, seed=seed, input_dim=args.input_dim,
         num_hidden=args.num_hidden, batch_size=args.batch_size, learning_rate=args.learning_rate,
         max_norm=args.max_norm, data_size=args.data_size, max_epoch=10**6, max_steps=args.max_steps,
         target_accuracy=args.target_accuracy, eval_every=args.eval_every,
-        forget_bias=args.long_forget_bias if long else args.forget_bias,
+        chrono=args.lstm_init == "chrono", forget_bias=args.forget_bias,
         device=args.device, out=str(Path(args.out) / f"{model}_len{length}_seed{seed}"), progress=False,
     )
 
@@ -51,10 +49,14 @@ def run_all(args: argparse.Namespace) -> list[dict]:
                 print(f"{model} length {length} seed {seed}: val_accuracy {metrics['val_accuracy']:.4f}, "
                       f"steps to 99% {metrics['steps_to_99']}, {metrics['wall_time_s']:.0f} s", flush=True)
                 rows.append({"model": model, "input_length": length, "seed": seed,
-                             "forget_bias": config.forget_bias if model == "lstm" else None,
+                             "lstm_init": describe_init(config) if model == "lstm" else None,
                              "val_accuracy": metrics["val_accuracy"], "steps": metrics["steps"],
                              "steps_to_99": metrics["steps_to_99"], "wall_time_s": metrics["wall_time_s"]})
     return rows
+
+
+def describe_init(config: Config) -> str:
+    return "chrono" if config.chrono else f"forget bias {config.forget_bias:g}"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -72,7 +74,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         summary.append({"model": model, "input_length": length, "runs": len(rs),
                         "acc_mean": acc_mean, "acc_std": acc_std, "reached_99": len(reached),
                         "steps_to_99": mean_std(reached) if reached else None,
-                        "forget_bias": rs[0]["forget_bias"],
+                        "lstm_init": rs[0]["lstm_init"],
                         "time_mean_s": statistics.fmean(r["wall_time_s"] for r in rs)})
     return summary
 
@@ -82,27 +84,26 @@ def table(summary: list[dict], args: argparse.Namespace, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Budget per run: at most {args.max_steps} steps of batch {args.batch_size}, RMSprop lr "
-        f"{args.learning_rate}, clipping at {args.max_norm}, hidden {args.num_hidden}, input_dim "
-        f"{args.input_dim}, {args.data_size} palindromes (80% train), validation every "
+        f"{args.learning_rate}, clipping at {args.max_norm}, hidden {args.num_hidden}, "
+        f"{'one-hot digits' if args.input_dim == 10 else 'digits as numbers'} (input_dim {args.input_dim}), "
+        f"{args.data_size} palindromes (80% train), validation every "
         f"{args.eval_every} steps, stop at {args.target_accuracy:.1%} validation accuracy.",
         "",
-        "| model | input length | LSTM forget bias | final val. accuracy (mean ± std) | runs reaching 99% | steps to 99% (mean ± std of those) | mean time per run |",
+        "| model | input length | LSTM gate init | final val. accuracy (mean ± std) | runs reaching 99% | steps to 99% (mean ± std of those) | mean time per run |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sorted(summary, key=lambda s: (s["model"], s["input_length"])):
         steps = f"{s['steps_to_99'][0]:,.0f} ± {s['steps_to_99'][1]:,.0f}" if s["steps_to_99"] else "—"
-        fb = "—" if s["forget_bias"] is None else f"{s['forget_bias']:g}"
-        lines.append(f"| {s['model'].upper()} | {s['input_length']} | {fb} | {s['acc_mean']:.4f} ± {s['acc_std']:.4f} "
+        lines.append(f"| {s['model'].upper()} | {s['input_length']} | {s['lstm_init'] or '—'} | {s['acc_mean']:.4f} ± {s['acc_std']:.4f} "
                      f"| {s['reached_99']}/{s['runs']} | {steps} | {s['time_mean_s']:.0f} s |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], summary: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend switched under a notebook
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     for model, color in zip(MODELS, ("tab:blue", "tab:red")):
         ss = sorted((s for s in summary if s["model"] == model), key=lambda s: s["input_length"])
         if not ss:
@@ -118,7 +119,6 @@ def plot(rows: list[dict], summary: list[dict], path: Path) -> None:
     ax.legend(loc="lower left")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def main() -> None:
@@ -133,12 +133,12 @@ def main() -> None:
     p.add_argument("--learning_rate", type=float, default=d.learning_rate, help=f"(default: {d.learning_rate})")
     p.add_argument("--batch_size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
     p.add_argument("--num_hidden", type=int, default=d.num_hidden, help=f"(default: {d.num_hidden})")
-    p.add_argument("--input_dim", type=int, default=d.input_dim, help=f"1 or 10 (one-hot) (default: {d.input_dim})")
+    p.add_argument("--input_dim", type=int, default=10, help="1 (digit as a number) or 10 (one-hot) (default: 10)")
     p.add_argument("--max_norm", type=float, default=d.max_norm, help=f"(default: {d.max_norm})")
     p.add_argument("--data_size", type=int, default=d.data_size, help=f"(default: {d.data_size})")
-    p.add_argument("--forget_bias", type=float, default=d.forget_bias, help=f"LSTM forget bias below --long_from (default: {d.forget_bias})")
-    p.add_argument("--long_from", type=int, default=40, help="input length from which --long_forget_bias applies (default: 40)")
-    p.add_argument("--long_forget_bias", type=float, default=3.0, help="LSTM forget bias for long inputs (default: 3.0)")
+    p.add_argument("--lstm_init", default="chrono", choices=["chrono", "forget_bias"],
+                   help="LSTM gate biases: chrono, or uniform with --forget_bias added (default: chrono)")
+    p.add_argument("--forget_bias", type=float, default=d.forget_bias, help=f"with --lstm_init forget_bias (default: {d.forget_bias})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--out", default=str(HERE / "runs" / "compare"), help="folder for runs and results (default: part1/runs/compare)")
     p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")

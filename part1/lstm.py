@@ -25,7 +25,7 @@ from lstm_bptt import LSTMRecurrence
 
 class LSTM(nn.Module):
     def __init__(self, seq_length: int, input_dim: int, hidden_dim: int, output_dim: int,
-                 forget_bias: float = 1.0, hand_bptt: bool = True) -> None:
+                 forget_bias: float = 1.0, chrono: bool = False, hand_bptt: bool = True) -> None:
         super().__init__()
         self.seq_length = seq_length
         self.input_dim = input_dim
@@ -37,19 +37,27 @@ class LSTM(nn.Module):
         self.b = nn.Parameter(torch.empty(4 * H))
         self.W_ph = nn.Parameter(torch.empty(output_dim, H))
         self.b_p = nn.Parameter(torch.empty(output_dim))
-        self.reset_parameters(forget_bias)
+        self.reset_parameters(forget_bias, chrono)
 
-    def reset_parameters(self, forget_bias: float = 1.0) -> None:
+    def reset_parameters(self, forget_bias: float = 1.0, chrono: bool = False) -> None:
         # PyTorch's own LSTM scheme, U(-1/sqrt(H), 1/sqrt(H)): pre-activations start small, so the
         # gates start near 0.5 with useful gradients (N(0, 1) saturates them and training crawls).
         # The forget bias starts at `forget_bias` (Jozefowicz et al., 2015) so c_t is kept, not
         # halved, at every step: the digit to remember survives long sequences from the start.
+        # chrono=True instead draws b_f = log(U(1, T - 1)) and sets b_i = -b_f (Tallec & Ollivier,
+        # 2018): memory time scales spread up to the sequence length, and small input gates keep
+        # the cell from filling up (and tanh(c) from saturating) over ~100 steps.
         bound = 1 / math.sqrt(self.hidden_dim)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
         H = self.hidden_dim
         with torch.no_grad():
-            self.b[2 * H:3 * H] += forget_bias
+            if chrono:
+                b_f = torch.log(torch.empty(H).uniform_(1, max(self.seq_length - 1, 2)))
+                self.b[H:2 * H] = -b_f
+                self.b[2 * H:3 * H] = b_f
+            else:
+                self.b[2 * H:3 * H] += forget_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), or (B, T) when D == 1 -> logits (B, output_dim)."""

@@ -42,6 +42,7 @@ class Config:
     data_size: int = 100_000
     portion_train: float = 0.8
     forget_bias: float = 1.0
+    chrono: bool = False
     max_steps: int = 0
     target_accuracy: float = 0.0
     eval_every: int = 0
@@ -89,7 +90,7 @@ class Config:
 def build_model(config: Config) -> nn.Module:
     args = (config.input_length, config.input_dim, config.num_hidden, config.num_classes)
     if config.model == "lstm":
-        return LSTM(*args, forget_bias=config.forget_bias)
+        return LSTM(*args, forget_bias=config.forget_bias, chrono=config.chrono)
     return VanillaRNN(*args)
 
 
@@ -108,12 +109,12 @@ def evaluate(model: nn.Module, data: PalindromeDataset, indices: torch.Tensor, b
 
 
 def save_curves(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure needs no pyplot backend, so saving never changes a notebook's plotting.
+    from matplotlib.figure import Figure
 
     steps = [h["step"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for split in ("train", "val"):
         ax_loss.plot(steps, [h[f"{split}_loss"] for h in history], marker=".", label=split)
         ax_acc.plot(steps, [h[f"{split}_accuracy"] for h in history], marker=".", label=split)
@@ -125,7 +126,6 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 # Settings a checkpoint must share with the run that resumes it.
@@ -265,6 +265,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--data_size", type=int, default=d.data_size, help=f"distinct palindromes in train + validation (default: {d.data_size})")
     p.add_argument("--portion_train", type=float, default=d.portion_train, help=f"fraction used for training (default: {d.portion_train})")
     p.add_argument("--forget_bias", type=float, default=d.forget_bias, help=f"LSTM forget-gate bias at initialisation (default: {d.forget_bias})")
+    p.add_argument("--chrono", action="store_true", help="LSTM chrono initialisation of forget/input biases (overrides --forget_bias)")
     p.add_argument("--max_steps", type=int, default=d.max_steps, help="stop after this many updates (default: 0, no limit)")
     p.add_argument("--target_accuracy", type=float, default=d.target_accuracy, help="stop once validation accuracy reaches this (default: 0, off)")
     p.add_argument("--eval_every", type=int, default=d.eval_every, help="validate every N steps (default: 0, once an epoch)")

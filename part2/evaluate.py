@@ -13,17 +13,14 @@ with the 10,000 MNIST test images.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from classifier import DEFAULT_CLASSIFIER, FEATURE_DIM, DigitClassifier, classify, load_classifier
-from gan_utils import HERE, UserError, pick_device, repo_relative
+from gan_utils import HERE, UserError, pick_device, repo_relative, write_json
 from mnist_data import load_mnist
 from models import load_generator
 from sampling import generate, latents
@@ -38,21 +35,6 @@ def as_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return pick_device(device) if device in ("auto", "cpu", "cuda", "mps") else torch.device(device)
-
-
-def write_json(obj: dict, path: str | Path) -> None:
-    """Write JSON to a temp file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def score_generator(generator: torch.nn.Module, classifier: DigitClassifier, ref_mu: torch.Tensor,

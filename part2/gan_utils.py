@@ -1,11 +1,12 @@
 """Small helpers shared by the part 2 scripts: errors, device, seeding, atomic saves."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -45,18 +46,28 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves a torn file."""
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call write(tmp_path), then rename over path: a crash never leaves a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """JSON, atomically, so a reader never sees half a file."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def safe_load(path: str | Path, what: str = "checkpoint") -> dict:

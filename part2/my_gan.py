@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from gan_utils import HERE, UserError, atomic_save, pick_device, safe_load, set_seed
+from gan_utils import HERE, UserError, atomic_save, atomic_write, pick_device, safe_load, set_seed
 from models import Discriminator, Generator, save_generator
 
 PROG = "my_gan.py"
@@ -163,17 +163,16 @@ def save_grid(generator: Generator, fixed_noise: torch.Tensor, path: Path) -> No
 
 
 def plot_losses(csv_path: Path, png_path: Path) -> None:
-    """Loss curves and mean D outputs from losses.csv (Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss curves and mean D outputs from losses.csv, written atomically."""
+    # A bare Figure needs no pyplot backend: no display, and no backend switched under a notebook.
+    from matplotlib.figure import Figure
 
     rows = read_csv_rows(csv_path)
     if not rows:
         return
     it = [int(r["iteration"]) for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(it, [float(r["loss_d"]) for r in rows], label="D loss")
     ax1.plot(it, [float(r["loss_g"]) for r in rows], label="G loss (non-saturating)")
     ax1.set_xlabel("iteration")
@@ -186,8 +185,7 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
