@@ -19,8 +19,10 @@ demo: venv
 	$(PY) part1/train.py --input_length 20
 	$(PY) part2/my_gan.py --n_epochs 1 --data_dir $(DATA_DIR) --out part2/runs/demo
 
+# One thread: the tests train tiny models, and on a busy machine OpenMP threads spin-waiting
+# for a descheduled partner can make a step ten times slower.
 test: venv
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 clean:
 	rm -rf part1/runs part2/runs .pytest_cache
