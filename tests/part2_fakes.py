@@ -57,3 +57,11 @@ def make_run(run_dir: Path) -> Path:
         for it in range(0, 200, 10):
             w.writerow([it, it // 100, 1.3 - it / 400, 0.7 + it / 300, 0.5 + it / 1000, 0.5 - it / 1000])
     return run_dir
+
+
+def make_run_and_classifier(root: Path) -> tuple[Path, Path]:
+    """A tiny run folder (make_run) and a classifier that sorts its end generator's samples confidently."""
+    from models import load_generator
+
+    run = make_run(root / "run")
+    return run, make_classifier(load_generator(run / "generator_end.pt"), root / "classifier.pt")

@@ -8,18 +8,14 @@ import pytest
 from nbclient import NotebookClient
 
 from evaluate import score_run
-from models import load_generator
-from part2_fakes import make_classifier, make_run
+from part2_fakes import make_run_and_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("nb")
-    run = make_run(root / "run")
-    clf = make_classifier(load_generator(run / "generator_end.pt"), root / "classifier.pt")
-    return run, clf
+    return make_run_and_classifier(tmp_path_factory.mktemp("nb"))
 
 
 def execute(name: str, cwd: Path) -> nbformat.NotebookNode:

@@ -15,7 +15,7 @@ from evaluate import score_run
 from gan_utils import UserError
 from interpolate import find_pair, interpolate, interpolation
 from models import load_generator
-from part2_fakes import make_classifier, make_run
+from part2_fakes import make_run_and_classifier
 from scores import (class_histogram, confident_fraction, frechet_distance, frechet_distance_feats,
                     inception_score, kl_from_uniform)
 
@@ -25,10 +25,7 @@ PART2 = Path(__file__).resolve().parents[1] / "part2"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A run folder of untrained generators and a classifier that sorts their samples confidently."""
-    root = tmp_path_factory.mktemp("tiny")
-    run = make_run(root / "run")
-    clf = make_classifier(load_generator(run / "generator_end.pt"), root / "classifier.pt")
-    return run, clf
+    return make_run_and_classifier(tmp_path_factory.mktemp("tiny"))
 
 
 # --- score functions on known cases ---------------------------------------------------------
