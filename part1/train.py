@@ -184,6 +184,19 @@ def train(config: Config) -> dict:
     start = time.perf_counter() - elapsed
     bar = tqdm(total=total, initial=step, desc=title, disable=not config.progress, dynamic_ncols=True)
     run_loss = run_correct = run_count = 0.0
+
+    def record() -> dict:
+        """Validate now, log the training means since the last record, and reset them."""
+        nonlocal run_loss, run_correct, run_count
+        val_loss, val_acc = evaluate(model, data, val_idx)
+        n = max(run_count, 1)  # 0 only when a resumed run takes no step
+        history.append({"epoch": round(step / steps_per_epoch, 4), "step": step,
+                        "train_loss": run_loss / n, "train_accuracy": run_correct / n,
+                        "val_loss": val_loss, "val_accuracy": val_acc,
+                        "time": round(time.perf_counter() - start, 2)})
+        run_loss = run_correct = run_count = 0.0
+        return history[-1]
+
     while epoch < config.max_epoch and step < total and not reached_target():
         for batch in torch.randperm(len(train_idx), generator=shuffle).split(config.batch_size):
             x, y = data.batch(train_idx[batch])
@@ -199,18 +212,11 @@ def train(config: Config) -> dict:
             run_count += len(y)
             bar.update()
             if step % eval_every == 0 or step == total:
-                val_loss, val_acc = evaluate(model, data, val_idx)
-                history.append({
-                    "epoch": round(step / steps_per_epoch, 4), "step": step,
-                    "train_loss": run_loss / run_count, "train_accuracy": run_correct / run_count,
-                    "val_loss": val_loss, "val_accuracy": val_acc,
-                    "time": round(time.perf_counter() - start, 2),
-                })
-                run_loss = run_correct = run_count = 0.0
-                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_acc=f"{val_acc:.4f}")
+                entry = record()
+                bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_acc=f"{entry['val_accuracy']:.4f}")
                 if not config.progress:  # a log line instead, for runs in the background
-                    print(f"{title}: step {step}, val_accuracy {val_acc:.4f}", flush=True)
-                if not math.isfinite(val_loss):
+                    print(f"{title}: step {step}, val_accuracy {entry['val_accuracy']:.4f}", flush=True)
+                if not math.isfinite(entry["val_loss"]):
                     raise UserError(f"training diverged at step {step} (non-finite loss); try a lower --learning_rate")
                 if reached_target():
                     break
@@ -227,11 +233,7 @@ def train(config: Config) -> dict:
     bar.close()
 
     if not history or history[-1]["step"] != step:  # stopped between evaluations
-        val_loss, val_acc = evaluate(model, data, val_idx)
-        history.append({"epoch": round(step / steps_per_epoch, 4), "step": step,
-                        "train_loss": run_loss / max(run_count, 1), "train_accuracy": run_correct / max(run_count, 1),
-                        "val_loss": val_loss, "val_accuracy": val_acc,
-                        "time": round(time.perf_counter() - start, 2)})
+        record()
     steps_to_99 = next((h["step"] for h in history if h["val_accuracy"] >= 0.99), None)
     metrics = {
         "config": dataclasses.asdict(config),

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import csv
 import importlib.util
-import json
 import math
 import shlex
 import signal
@@ -26,8 +25,9 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from gan_utils import HERE, UserError, atomic_save, atomic_write, pick_device, safe_load, set_seed
+from gan_utils import HERE, UserError, atomic_save, atomic_write, pick_device, safe_load, set_seed, write_json
 from models import Discriminator, Generator, save_generator
+from sampling import generate
 
 PROG = "my_gan.py"
 LOG_EVERY = 50  # iterations averaged into one row of losses.csv (and one progress-bar update of the losses)
@@ -153,11 +153,7 @@ def save_grid(generator: Generator, fixed_noise: torch.Tensor, path: Path) -> No
     """5x5 grid from the fixed noise, generator in eval mode (BatchNorm running stats), fp32."""
     from torchvision.utils import save_image  # torchvision's import is slow; only needed here
 
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        images = generator(fixed_noise).float().cpu()  # (25, 1, 28, 28)
-    generator.train(was_training)
+    images = generate(generator, fixed_noise)  # (25, 1, 28, 28), eval mode, mode restored
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(images, str(path), nrow=5, normalize=True, value_range=(-1, 1))
 
@@ -337,7 +333,7 @@ def train(config: Config, command: str | None = None) -> dict[str, Any]:
     record = {**asdict(config), "precision_used": precision, "device_used": str(device),
               "n_train": n_train, "iterations_per_epoch": iters_per_epoch,
               "command": command, "resumed_at_iteration": iteration}
-    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, out / "config.json")
 
     def snapshot(tag: str) -> None:
         save_grid(generator, fixed_noise, out / f"grid_{tag}.png")

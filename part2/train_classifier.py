@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from classifier import DEFAULT_CLASSIFIER, DigitClassifier, classify, save_classifier
-from gan_utils import HERE, UserError, pick_device, repo_relative, set_seed
+from gan_utils import HERE, UserError, pick_device, repo_relative, set_seed, write_json
 from mnist_data import load_mnist
 
 DEFAULTS = {
@@ -107,7 +106,7 @@ def train(config: dict) -> dict:
     }
     save_classifier(model.cpu(), config["out"], info)
     json_path = Path(config["out"]).with_suffix(".json")
-    json_path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(info, json_path)
     print(f"saved {config['out']} and {json_path}")
     return info
 
@@ -124,8 +123,7 @@ def main() -> None:
     p.add_argument("--device", default=DEFAULTS["device"], help="auto, cpu, cuda or mps (default: %(default)s)")
     p.add_argument("--smoke", action="store_true", help="seconds-long check: 2048 training images")
     config = vars(p.parse_args())
-    script = Path(sys.argv[0]).resolve()
-    script = script.relative_to(HERE.parent) if script.is_relative_to(HERE.parent) else script  # as run from the repo root
+    script = repo_relative(sys.argv[0])  # as run from the repo root
     config["command"] = "python " + " ".join(shlex.quote(str(a)) for a in [script, *sys.argv[1:]])
     try:
         train(config)
