@@ -25,12 +25,14 @@ from lstm_bptt import LSTMRecurrence
 
 class LSTM(nn.Module):
     def __init__(self, seq_length: int, input_dim: int, hidden_dim: int, output_dim: int,
-                 forget_bias: float = 1.0, chrono: bool = False, hand_bptt: bool = True) -> None:
+                 forget_bias: float = 1.0, chrono: bool = False, hand_bptt: bool = True,
+                 c_cell: bool = True) -> None:
         super().__init__()
         self.seq_length = seq_length
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         self.hand_bptt = hand_bptt  # False: plain autograd through `recurrence` (same numbers, slower)
+        self.c_cell = c_cell  # hand_bptt's element-wise work in C on the CPU (lstm_kernel.py); False: PyTorch ops
         H = hidden_dim
         self.W_x = nn.Parameter(torch.empty(4 * H, input_dim))
         self.W_h = nn.Parameter(torch.empty(4 * H, H))
@@ -66,7 +68,7 @@ class LSTM(nn.Module):
         # Input projections of all steps in one matmul, before the time loop: (T, B, 4H).
         xw = torch.addmm(self.b, x.transpose(0, 1).reshape(-1, self.input_dim), self.W_x.t())
         xw = xw.view(x.shape[1], x.shape[0], -1)
-        h = LSTMRecurrence.apply(xw, self.W_h) if self.hand_bptt else self.recurrence(xw)
+        h = LSTMRecurrence.apply(xw, self.W_h, self.c_cell) if self.hand_bptt else self.recurrence(xw)
         return h @ self.W_ph.t() + self.b_p              # (7); softmax (8) is in the loss
 
     def recurrence(self, xw: torch.Tensor) -> torch.Tensor:

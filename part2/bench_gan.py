@@ -4,7 +4,8 @@
 
 Conventional: torchvision MNIST through a DataLoader with ToTensor/Normalize per sample, float32,
 default Adam, one update of D then G per batch (G runs forward twice, as in the course template).
-Ours: my_gan.train_step on the whole training set held as one tensor, bf16 autocast and fp32.
+Ours: my_gan.py's loop with its default recipe (dropout in D, label smoothing, the weight average
+of G) on the whole training set held as one tensor, bf16 autocast and fp32.
 Both time a fixed number of iterations after a warm-up, interleaved in rounds so that load from other
 processes hits them alike, and extrapolate to an epoch of N // batch_size iterations.
 """
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from gan_utils import HERE, UserError, pick_device, set_seed
 from models import Discriminator, Generator
-from my_gan import make_optimizers, resolve_precision, train_step
+from my_gan import Config, make_ema, make_optimizers, resolve_precision, train_step
 
 PROG = "bench_gan.py"
 
@@ -66,9 +67,11 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
 
 def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
              device: torch.device) -> Callable[[], None]:
-    """One call = one iteration of my_gan.py's loop (gather from the on-device set + train_step)."""
-    G, D = Generator(latent_dim).to(device), Discriminator().to(device)
+    """One call = one iteration of my_gan.py's loop (gather from the on-device set, train_step, EMA)."""
+    recipe = Config()
+    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
+    ema = make_ema(G, recipe.ema)
     _, autocast = resolve_precision(precision, device)
     n = images.shape[0]
     gen = torch.Generator().manual_seed(0)
@@ -79,7 +82,9 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
             state["perm"], state["b"] = torch.randperm(n, generator=gen).to(device), 0
         b = state["b"]
         real = images[state["perm"][b * batch_size:(b + 1) * batch_size]]
-        train_step(G, D, opt_g, opt_d, real, autocast)
+        train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing)
+        if ema is not None:
+            ema.update_parameters(G)
         state["b"] += 1
 
     return step
@@ -88,8 +93,10 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
 def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
               device: torch.device, iters: int) -> dict[str, float]:
     """ms per iteration of each phase of train_step (the same operations, with timers between them; CPU only)."""
-    G, D = Generator(latent_dim).to(device), Discriminator().to(device)
+    recipe = Config()
+    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
+    ema = make_ema(G, recipe.ema)
     _, autocast = resolve_precision(precision, device)
     perm = torch.randperm(images.shape[0])
     parts: dict[str, float] = {}
@@ -104,7 +111,7 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
         t.append(time.perf_counter())
         with autocast():
             logits = D(torch.cat([real.to(fake.dtype), fake.detach()])).float()
-        target = torch.cat([torch.ones(b), torch.zeros(b)])
+        target = torch.cat([torch.full((b,), 1.0 - recipe.label_smoothing), torch.zeros(b)])
         loss_d = F.binary_cross_entropy_with_logits(logits, target)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -114,15 +121,19 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
         D.requires_grad_(False)
         with autocast():
             logits_gen = D(fake).float()
-        loss_g = F.binary_cross_entropy_with_logits(logits_gen, target[:b])
+        loss_g = F.binary_cross_entropy_with_logits(logits_gen, torch.ones(b))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         t.append(time.perf_counter())
         opt_g.step()
         D.requires_grad_(True)
         t.append(time.perf_counter())
+        if ema is not None:
+            ema.update_parameters(G)
+        t.append(time.perf_counter())
         if i >= 20:  # warm-up excluded
-            names = ("data+noise", "G forward", "D fwd+bwd (D step)", "Adam D", "D fwd + bwd to G + G bwd (G step)", "Adam G")
+            names = ("data+noise", "G forward", "D fwd+bwd (D step)", "Adam D", "D fwd + bwd to G + G bwd (G step)",
+                     "Adam G", "EMA of G")
             for name, a, c in zip(names, t, t[1:]):
                 parts[name] = parts.get(name, 0.0) + (c - a) * 1000 / iters
     return parts

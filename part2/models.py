@@ -41,15 +41,22 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (B, 1, 28, 28) or (B, 784) -> logit (B,); the loss applies the sigmoid."""
+    """image (B, 1, 28, 28) or (B, 784) -> logit (B,); the loss applies the sigmoid.
 
-    def __init__(self) -> None:
+    dropout > 0 adds Dropout after each hidden layer (active in training only), which keeps D from
+    memorising the training images and overpowering G late in training (see report.md).
+    """
+
+    def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
+        # The Dropout modules are there even at p=0, so the weight names do not depend on the setting.
         self.net = nn.Sequential(
             nn.Linear(IMG_PIXELS, 512),
             nn.LeakyReLU(0.2),
+            nn.Dropout(dropout),
             nn.Linear(512, 256),
             nn.LeakyReLU(0.2),
+            nn.Dropout(dropout),
             nn.Linear(256, 1),
         )
 

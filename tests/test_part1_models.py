@@ -1,11 +1,18 @@
 """Part 1 models: equivalence with torch.nn.LSTM / nn.RNN, the hand-written backward, shapes."""
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
+import lstm_kernel
 from lstm import LSTM
 from lstm_bptt import LSTMRecurrence
 from vanilla_rnn import VanillaRNN
+
+# The three ways our LSTM can run: hand BPTT with the C cell, hand BPTT in PyTorch ops, autograd.
+PATHS = {"c_cell": dict(hand_bptt=True, c_cell=True), "torch_ops": dict(hand_bptt=True, c_cell=False),
+         "autograd": dict(hand_bptt=False)}
 
 # Our gates are stacked g, i, f, o (the assignment's order); torch.nn.LSTM stacks i, f, g, o.
 TORCH_ORDER = [1, 2, 0, 3]
@@ -19,11 +26,11 @@ def grads(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("hand_bptt", [True, False])
-def test_lstm_matches_torch_lstm(hand_bptt):
+@pytest.mark.parametrize("path", PATHS)
+def test_lstm_matches_torch_lstm(path):
     torch.manual_seed(0)
     B, T, D, H, C = 5, 12, 3, 16, 10
-    ours = LSTM(T, D, H, C, hand_bptt=hand_bptt)
+    ours = LSTM(T, D, H, C, **PATHS[path])
     ref = nn.LSTM(D, H, batch_first=True)
     head = nn.Linear(H, C)
     with torch.no_grad():
@@ -75,15 +82,16 @@ def test_rnn_matches_torch_rnn():
     torch.testing.assert_close(ours.W_ph.grad, head.weight.grad, atol=1e-5, rtol=1e-5)
 
 
-def test_hand_bptt_matches_autograd_reference():
-    """The fast path and the equation-by-equation autograd loop agree at a realistic size."""
+@pytest.mark.parametrize("path", ["c_cell", "torch_ops"])
+def test_hand_bptt_matches_autograd_reference(path):
+    """The fast paths and the equation-by-equation autograd loop agree at a realistic size."""
     torch.manual_seed(1)
     model = LSTM(30, 10, 64, 10)
     x = torch.randn(32, 30, 10)
     y = torch.randint(0, 10, (32,))
     results = []
-    for hand_bptt in (True, False):
-        model.hand_bptt = hand_bptt
+    for kw in (PATHS[path], PATHS["autograd"]):
+        vars(model).update(kw)
         model.zero_grad()
         out = model(x)
         nn.functional.cross_entropy(out, y).backward()
@@ -92,6 +100,24 @@ def test_hand_bptt_matches_autograd_reference():
     torch.testing.assert_close(out_fast, out_ref, atol=1e-6, rtol=1e-5)
     for name in g_ref:
         torch.testing.assert_close(g_fast[name], g_ref[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the LSTM runs on PyTorch ops")
+def test_c_cell_builds_and_handles_saturated_gates():
+    """With a compiler the kernel must build (else the fast path silently falls back); its exp
+    approximation must also be right where tanh/sigmoid saturate and beyond its clamps."""
+    assert lstm_kernel.load() is not None
+    B, H = 3, 40
+    pre = torch.linspace(-120, 120, B * 4 * H).reshape(B, 4 * H)
+    c_prev = torch.linspace(-3, 3, B * H).reshape(B, H)
+    gates, c, tanh_c, h = pre.clone(), torch.empty(B, H), torch.empty(B, H), torch.empty(B, H)
+    lstm_kernel.forward_step(gates, c_prev, c, tanh_c, h)
+    a_g, a_i, a_f, a_o = pre.chunk(4, 1)
+    ref = torch.cat([a_g.tanh(), a_i.sigmoid(), a_f.sigmoid(), a_o.sigmoid()], 1)
+    torch.testing.assert_close(gates, ref, atol=1e-6, rtol=1e-5)
+    ref_c = ref[:, :H] * ref[:, H:2 * H] + c_prev * ref[:, 2 * H:3 * H]
+    torch.testing.assert_close(c, ref_c, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(h, ref_c.tanh() * ref[:, 3 * H:], atol=1e-6, rtol=1e-5)
 
 
 def test_gradcheck_recurrence_and_model():

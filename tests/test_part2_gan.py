@@ -31,9 +31,10 @@ def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 120) -> subprocess
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:
-    """Generator and discriminator weights of a run's checkpoint."""
+    """Generator, discriminator and (when on) averaged-generator weights of a run's checkpoint."""
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    return {**{"G." + k: v for k, v in ckpt["generator"].items()}, **{"D." + k: v for k, v in ckpt["discriminator"].items()}}
+    return {**{"G." + k: v for k, v in ckpt["generator"].items()}, **{"D." + k: v for k, v in ckpt["discriminator"].items()},
+            **{"EMA." + k: v for k, v in ckpt.get("generator_ema", {}).items()}}
 
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -108,6 +109,35 @@ def test_train_step_updates_both_networks(precision: str) -> None:
     assert all(not torch.equal(a, b) for a, b in zip(g0, g.parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(d0, d.parameters()))
     assert all(p.requires_grad for p in d.parameters())  # the G step gives D's gradients back
+
+
+def test_refresh_bn_stats_is_deterministic_and_spares_the_rng() -> None:
+    g = Generator(16)
+    rng = torch.get_rng_state()
+    stats = []
+    for _ in range(2):
+        my_gan.refresh_bn_stats(g, seed=5)
+        stats.append([b.clone() for b in g.buffers()])
+    assert torch.equal(torch.get_rng_state(), rng)  # training's noise stream is untouched
+    assert not g.training and all(m.momentum == 0.1 for m in g.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    assert all(torch.equal(a, b) for a, b in zip(*stats))
+    bn = g.net[3]  # set from activations, not left at the reset values (mean 0, variance 1)
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def test_saved_generators_are_the_weight_average(reference_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """With --ema (default) grids and generator_*.pt show the averaged G; with the plain recipe, the live one."""
+    ckpt = torch.load(reference_run / "checkpoint.pt", weights_only=True)
+    end = torch.load(reference_run / "generator_end.pt", weights_only=True)["state_dict"]
+    assert torch.equal(end["net.0.weight"], ckpt["generator_ema"]["module.net.0.weight"])
+    assert not torch.equal(end["net.0.weight"], ckpt["generator"]["net.0.weight"])
+
+    out = tmp_path / "plain"
+    train(Config(n_epochs=1, data_dir=str(tiny_data), out=str(out), d_dropout=0, label_smoothing=0, ema=0, **TINY))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    end = torch.load(out / "generator_end.pt", weights_only=True)["state_dict"]
+    assert "generator_ema" not in ckpt and torch.equal(end["net.0.weight"], ckpt["generator"]["net.0.weight"])
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -230,6 +260,10 @@ def bad_input_cases(data: Path, run: Path, tmp: Path) -> list[tuple[list[str], s
         (["--resume", "--out", str(run), "--batch_size", "32", "--seed", "3"], "--batch_size"),
         (["--resume", "--out", str(run), "--batch_size", "16", "--n_epochs", "2"], "already completed"),
         (["--device", "tpu"], "--device"),
+        (["--d_dropout", "1"], "--d_dropout"),
+        (["--label_smoothing", "-0.1"], "--label_smoothing"),
+        (["--ema", "1.5"], "--ema"),
+        (["--resume", "--out", str(run), "--batch_size", "16", "--seed", "3", "--ema", "0"], "--ema"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "CUDA"))
