@@ -1,7 +1,7 @@
 """Milliseconds per LSTM training step (forward, backward, clipping, RMSprop) on this machine.
 
-Compares this repository's LSTM (hand-written backward through time with the fused C cell, the
-same in PyTorch ops, and the same model under plain autograd) with the per-gate formulation most student code uses (eight nn.Linear calls a
+Compares this repository's LSTM (hand-written backward through time with its CPU kernels (fused C cell,
+oneDNN matmuls), the same in PyTorch ops, and the same model under plain autograd) with the per-gate formulation most student code uses (eight nn.Linear calls a
 step) and with torch.nn.LSTM plus a linear head, all measured in the same run.
 
     python bench.py                       # batch 128, hidden 128, input lengths 19 and 99
@@ -57,7 +57,7 @@ class TorchLSTM(nn.Module):
 def make_models(length: int, input_dim: int, hidden: int) -> dict[str, nn.Module]:
     return {
         "ours (hand BPTT)": LSTM(length, input_dim, hidden, 10),
-        "ours (BPTT, torch ops)": LSTM(length, input_dim, hidden, 10, c_cell=False),
+        "ours (BPTT, torch ops)": LSTM(length, input_dim, hidden, 10, cpu_kernels=False),
         "ours (autograd)": LSTM(length, input_dim, hidden, 10, hand_bptt=False),
         "per-gate nn.Linear": PerGateLSTM(input_dim, hidden, 10),
         "torch.nn.LSTM": TorchLSTM(input_dim, hidden, 10),
@@ -100,7 +100,7 @@ def main() -> None:
         sys.exit(2)
 
     torch.manual_seed(0)
-    c_cell = "C cell built" if lstm_kernel.load() is not None else "no C compiler: C cell not used"
+    c_cell = "C cell built" if lstm_kernel.load() is not None else "no C compiler: PyTorch ops instead of the C cell"
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}; {c_cell}")
     for length in args.lengths:

@@ -26,13 +26,14 @@ from lstm_bptt import LSTMRecurrence
 class LSTM(nn.Module):
     def __init__(self, seq_length: int, input_dim: int, hidden_dim: int, output_dim: int,
                  forget_bias: float = 1.0, chrono: bool = False, hand_bptt: bool = True,
-                 c_cell: bool = True) -> None:
+                 cpu_kernels: bool = True) -> None:
         super().__init__()
         self.seq_length = seq_length
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         self.hand_bptt = hand_bptt  # False: plain autograd through `recurrence` (same numbers, slower)
-        self.c_cell = c_cell  # hand_bptt's element-wise work in C on the CPU (lstm_kernel.py); False: PyTorch ops
+        # hand_bptt on a float32 CPU tensor: the fused C cell and oneDNN matmuls (lstm_kernel.py); False: PyTorch ops
+        self.cpu_kernels = cpu_kernels
         H = hidden_dim
         self.W_x = nn.Parameter(torch.empty(4 * H, input_dim))
         self.W_h = nn.Parameter(torch.empty(4 * H, H))
@@ -65,17 +66,20 @@ class LSTM(nn.Module):
         """x (B, T, D), or (B, T) when D == 1 -> logits (B, output_dim)."""
         if x.dim() == 2:
             x = x.unsqueeze(-1)
-        # Input projections of all steps in one matmul, before the time loop: (T, B, 4H).
-        xw = torch.addmm(self.b, x.transpose(0, 1).reshape(-1, self.input_dim), self.W_x.t())
-        xw = xw.view(x.shape[1], x.shape[0], -1)
-        h = LSTMRecurrence.apply(xw, self.W_h, self.c_cell) if self.hand_bptt else self.recurrence(xw)
+        x = x.transpose(0, 1).contiguous()               # (T, B, D): each step's inputs in one block
+        if self.hand_bptt:
+            h = LSTMRecurrence.apply(x, self.W_x, self.b, self.W_h, self.cpu_kernels)
+        else:
+            h = self.recurrence(x)
         return h @ self.W_ph.t() + self.b_p              # (7); softmax (8) is in the loss
 
-    def recurrence(self, xw: torch.Tensor) -> torch.Tensor:
-        """Equations (1)-(6), one step at a time under autograd: the readable reference."""
-        B, H = xw.shape[1], self.hidden_dim
-        h = xw.new_zeros(B, H)
-        c = xw.new_zeros(B, H)
+    def recurrence(self, x: torch.Tensor) -> torch.Tensor:
+        """Equations (1)-(6), one step at a time under autograd: the readable reference. x (T, B, D) -> h_T."""
+        T, B, D = x.shape
+        # Input projections of all steps in one matmul, before the time loop: (T, B, 4H).
+        xw = torch.addmm(self.b, x.reshape(T * B, D), self.W_x.t()).view(T, B, -1)
+        h = xw.new_zeros(B, self.hidden_dim)
+        c = xw.new_zeros(B, self.hidden_dim)
         # unbind/chunk, not x[t] or a[:, k*H:], so backward stays linear in T.
         for xw_t in xw.unbind(0):
             a_g, a_i, a_f, a_o = (xw_t + h @ self.W_h.t()).chunk(4, dim=1)

@@ -2,12 +2,15 @@
 
 Autograd through a Python time loop records ~15 small ops per step, and at batch 128 /
 hidden 128 their bookkeeping costs more than the arithmetic. Here the forward runs the same
-equations without recording and keeps the activations; the backward computes every factor
-that does not depend on the incoming gradient for all steps at once, so the reverse loop is
-five small ops and one matmul a step, and the weight gradient of W_h is one matmul at the end.
-On a float32 CPU tensor, the element-wise work of each step (forward and backward) runs as one
-fused C loop (lstm_cell.c via lstm_kernel.py), so a step is one matmul and one kernel call each
-way; elsewhere, or without a C compiler, the same arithmetic runs as PyTorch ops.
+equations without recording and keeps the activations, and the backward walks the steps in
+reverse with one matmul each; the weight gradients of all steps are one matmul each at the end.
+
+On float32 CPU tensors the element-wise work of a step (forward and backward) is one pass of a
+small C loop (lstm_cell.c via lstm_kernel.py); elsewhere, or without a C compiler, the same
+arithmetic runs as PyTorch ops. Memory matters as much as arithmetic at this size: the input
+projection is written straight into the gate buffer that each step then adds its matmul to,
+and the C backward overwrites that buffer with the gradients, so a training step touches one
+(T, B, 4H) block instead of three.
 Tested against the autograd reference, `LSTM.recurrence`, in tests/test_part1_models.py.
 """
 from __future__ import annotations
@@ -18,61 +21,85 @@ import lstm_kernel
 
 
 class LSTMRecurrence(torch.autograd.Function):
-    """h_T from the input projections xw (T, B, 4H) = W_x x_t + b and the recurrent weights W_h (4H, H).
-
-    c_cell=False keeps to PyTorch ops even where the C kernel could run (for comparisons).
+    """h_T (B, H) from inputs x (T, B, D) and weights W_x (4H, D), b (4H,), W_h (4H, H); h_0 = c_0 = 0.
 
     Gate order along 4H is g, i, f, o, as in the assignment's equations (1)-(4).
+    cpu_kernels=False keeps to PyTorch ops even where the C kernel could run (for comparisons).
     """
 
     @staticmethod
-    def forward(ctx, xw: torch.Tensor, W_h: torch.Tensor, c_cell: bool = True) -> torch.Tensor:
-        T, B, H4 = xw.shape
-        H = H4 // 4
-        gates = torch.empty_like(xw)                       # (T, B, 4H): g, i, f, o after their nonlinearity
-        c = xw.new_zeros(T + 1, B, H)                      # c[0] = c_0 = 0
-        h = xw.new_zeros(T + 1, B, H)                      # h[0] = h_0 = 0
-        tanh_c = xw.new_empty(T, B, H)
+    def forward(ctx, x: torch.Tensor, W_x: torch.Tensor, b: torch.Tensor, W_h: torch.Tensor,
+                cpu_kernels: bool = True) -> torch.Tensor:
+        T, B, D = x.shape
+        H = W_h.shape[1]
+        # W_x x_t + b for all steps in one matmul, in the buffer the gates of each step will fill.
+        gates = torch.addmm(b, x.reshape(T * B, D), W_x.t()).view(T, B, 4 * H)
+        c = x.new_zeros(T + 1, B, H)                       # c[0] = c_0 = 0
+        h = x.new_zeros(T + 1, B, H)                       # h[0] = h_0 = 0
+        tanh_c = x.new_empty(T, B, H)
+        ctx.use_c = cpu_kernels and lstm_kernel.usable(gates)
+        if ctx.use_c:
+            times_W_h = lstm_kernel.linear(W_h, B)         # h -> W_h h, all four gates
+            hw = gates.new_zeros(B, 4 * H)                 # W_h h_0 = 0
+            for t in range(T):
+                if t > 0:
+                    hw = times_W_h(h[t])
+                # (1)-(6) in one pass over the step's numbers
+                lstm_kernel.forward_step(gates[t], hw, c[t], c[t + 1], tanh_c[t], h[t + 1])
+            return LSTMRecurrence._finish_forward(ctx, x, W_x, W_h, gates, c, h, tanh_c)
         W_hT = W_h.t()
-        ctx.use_c = c_cell and lstm_kernel.usable(xw)
         for t in range(T):
-            # All four pre-activations in one matmul, written in place: out= into a strided
-            # slice would make every step go through a temporary and a copy.
-            torch.addmm(xw[t], h[t], W_hT, out=gates[t])
-            if ctx.use_c:  # (1)-(6) in one pass over the step's numbers
-                lstm_kernel.forward_step(gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
-                continue
+            if t > 0:  # h_0 = 0 adds nothing
+                gates[t].addmm_(h[t], W_hT)                # + W_h h_{t-1}: all four gates, in place
             g, i, f, o = gates[t].chunk(4, dim=1)
             g.tanh_()                                      # (1)
             gates[t, :, H:].sigmoid_()                     # i, f, o    (2)-(4)
             torch.addcmul(g * i, c[t], f, out=c[t + 1])    # c = g*i + c_prev*f   (5)
             torch.tanh(c[t + 1], out=tanh_c[t])
             torch.mul(tanh_c[t], o, out=h[t + 1])          # h = tanh(c)*o        (6)
-        ctx.save_for_backward(W_h, gates, c, h, tanh_c)
-        return h[T].clone()
+        return LSTMRecurrence._finish_forward(ctx, x, W_x, W_h, gates, c, h, tanh_c)
+
+    @staticmethod
+    def _finish_forward(ctx, x: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, gates: torch.Tensor,
+                        c: torch.Tensor, h: torch.Tensor, tanh_c: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, W_x, W_h, gates, c, h, tanh_c)
+        ctx.gates_consumed = False
+        return h[-1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, W_x, W_h, gates, c, h, tanh_c = ctx.saved_tensors
+        T, B, H4 = gates.shape
+        if ctx.use_c:
+            if ctx.gates_consumed:
+                raise RuntimeError("LSTM fast path: the C backward reuses its activations' memory, so it runs once "
+                                   "per forward (no retain_graph); build the LSTM with cpu_kernels=False for that")
+            ctx.gates_consumed = True
+            grad_a = LSTMRecurrence._backward_c(W_h, gates, c, tanh_c, grad_h)
+        else:
+            grad_a = LSTMRecurrence._backward_torch(W_h, gates, c, tanh_c, grad_h)
+        grad_a = grad_a.view(T * B, H4)                    # dLoss/d(pre-activations), all steps
+        need = ctx.needs_input_grad
+        # The weight gradients of all steps in one matmul each: sum_t da_t^T h_{t-1}, sum_t da_t^T x_t.
+        grad_x = (grad_a @ W_x).view(T, B, -1) if need[0] else None
+        grad_W_x = grad_a.t() @ x.reshape(T * B, -1) if need[1] else None
+        grad_b = grad_a.sum(0) if need[2] else None
+        grad_W_h = grad_a.t() @ h[:T].reshape(T * B, H4 // 4) if need[3] else None
+        return grad_x, grad_W_x, grad_b, grad_W_h, None
 
     @staticmethod
     def _backward_c(W_h: torch.Tensor, gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor,
                     grad_h: torch.Tensor) -> torch.Tensor:
-        """dLoss/d(pre-activations) (T, B, 4H), one kernel call and one matmul a step."""
-        T, B, H4 = gates.shape
-        grad_a = torch.empty_like(gates)
+        """dLoss/d(pre-activations) (T, B, 4H), written over `gates`; one kernel call and one matmul a step."""
+        T, B = gates.shape[:2]
+        times_W_h_t = lstm_kernel.linear(W_h.t(), B)       # da -> W_h^T da
         dh = grad_h.contiguous()
         dc = torch.zeros_like(dh)                          # updated in place by the kernel
         for t in range(T - 1, -1, -1):
-            lstm_kernel.backward_step(gates[t], c[t], tanh_c[t], dh, dc, grad_a[t])
-            dh = grad_a[t] @ W_h                           # to h_{t-1}
-        return grad_a
-
-    @staticmethod
-    def backward(ctx, grad_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        W_h, gates, c, h, tanh_c = ctx.saved_tensors
-        T, B, H4 = gates.shape
-        backward_steps = LSTMRecurrence._backward_c if ctx.use_c else LSTMRecurrence._backward_torch
-        grad_a = backward_steps(W_h, gates, c, tanh_c, grad_h)
-        # Weight gradient of all steps in one matmul: sum_t da_t^T h_{t-1}.
-        grad_W_h = grad_a.reshape(T * B, H4).t() @ h[:T].reshape(T * B, H4 // 4)
-        return grad_a, grad_W_h, None
+            lstm_kernel.backward_step(gates[t], c[t], tanh_c[t], dh, dc)
+            if t > 0:
+                dh = times_W_h_t(gates[t])                 # to h_{t-1}
+        return gates
 
     @staticmethod
     def _backward_torch(W_h: torch.Tensor, gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor,

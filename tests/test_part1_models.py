@@ -11,7 +11,7 @@ from lstm_bptt import LSTMRecurrence
 from vanilla_rnn import VanillaRNN
 
 # The three ways our LSTM can run: hand BPTT with the C cell, hand BPTT in PyTorch ops, autograd.
-PATHS = {"c_cell": dict(hand_bptt=True, c_cell=True), "torch_ops": dict(hand_bptt=True, c_cell=False),
+PATHS = {"cpu_kernels": dict(hand_bptt=True, cpu_kernels=True), "torch_ops": dict(hand_bptt=True, cpu_kernels=False),
          "autograd": dict(hand_bptt=False)}
 
 # Our gates are stacked g, i, f, o (the assignment's order); torch.nn.LSTM stacks i, f, g, o.
@@ -82,20 +82,21 @@ def test_rnn_matches_torch_rnn():
     torch.testing.assert_close(ours.W_ph.grad, head.weight.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["c_cell", "torch_ops"])
+@pytest.mark.parametrize("path", ["cpu_kernels", "torch_ops"])
 def test_hand_bptt_matches_autograd_reference(path):
     """The fast paths and the equation-by-equation autograd loop agree at a realistic size."""
     torch.manual_seed(1)
     model = LSTM(30, 10, 64, 10)
-    x = torch.randn(32, 30, 10)
+    x = torch.randn(32, 30, 10, requires_grad=True)  # the input's gradient is checked too
     y = torch.randint(0, 10, (32,))
     results = []
     for kw in (PATHS[path], PATHS["autograd"]):
         vars(model).update(kw)
         model.zero_grad()
+        x.grad = None
         out = model(x)
         nn.functional.cross_entropy(out, y).backward()
-        results.append((out.detach(), grads(model)))
+        results.append((out.detach(), {**grads(model), "x": x.grad.clone()}))
     (out_fast, g_fast), (out_ref, g_ref) = results
     torch.testing.assert_close(out_fast, out_ref, atol=1e-6, rtol=1e-5)
     for name in g_ref:
@@ -111,7 +112,8 @@ def test_c_cell_builds_and_handles_saturated_gates():
     pre = torch.linspace(-120, 120, B * 4 * H).reshape(B, 4 * H)
     c_prev = torch.linspace(-3, 3, B * H).reshape(B, H)
     gates, c, tanh_c, h = pre.clone(), torch.empty(B, H), torch.empty(B, H), torch.empty(B, H)
-    lstm_kernel.forward_step(gates, c_prev, c, tanh_c, h)
+    lstm_kernel.forward_step(gates, torch.zeros_like(gates), c_prev, c, tanh_c, h)
+    assert torch.isfinite(gates).all() and torch.isfinite(h).all()
     a_g, a_i, a_f, a_o = pre.chunk(4, 1)
     ref = torch.cat([a_g.tanh(), a_i.sigmoid(), a_f.sigmoid(), a_o.sigmoid()], 1)
     torch.testing.assert_close(gates, ref, atol=1e-6, rtol=1e-5)
@@ -122,9 +124,12 @@ def test_c_cell_builds_and_handles_saturated_gates():
 
 def test_gradcheck_recurrence_and_model():
     torch.manual_seed(0)
-    xw = torch.randn(6, 3, 4 * 4, dtype=torch.double, requires_grad=True)
-    W_h = torch.randn(4 * 4, 4, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(LSTMRecurrence.apply, (xw, W_h))
+    T, B, D, H = 6, 3, 2, 4
+    x = torch.randn(T, B, D, dtype=torch.double, requires_grad=True)
+    W_x = torch.randn(4 * H, D, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4 * H, dtype=torch.double, requires_grad=True)
+    W_h = torch.randn(4 * H, H, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(LSTMRecurrence.apply, (x, W_x, b, W_h))
 
     model = LSTM(5, 2, 3, 4).double()
     x = torch.randn(2, 5, 2, dtype=torch.double, requires_grad=True)
@@ -151,3 +156,14 @@ def test_no_batch_size_or_device_in_model():
     model = LSTM(5, 1, 8, 10)
     assert not [v for v in vars(model).values() if isinstance(v, torch.device)]
     assert "batch_size" not in vars(model)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the LSTM runs on PyTorch ops")
+def test_c_cell_refuses_a_second_backward():
+    """The C backward overwrites its saved activations; a retained graph gets a clear error, not wrong numbers."""
+    model = LSTM(5, 1, 8, 10)
+    loss = model(torch.randn(4, 5)).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="cpu_kernels=False"):
+        loss.backward()
+
