@@ -64,6 +64,47 @@ def make_models(length: int, input_dim: int, hidden: int) -> dict[str, nn.Module
     }
 
 
+def median_us(fn, reps: int = 300) -> float:
+    """Median microseconds of fn() over reps calls, after a short warm-up."""
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(times)
+
+
+def kernel_timings(batch: int, hidden: int) -> list[str]:
+    """Per-step costs on the CPU: the element-wise cell (C against PyTorch ops) and the W_h product."""
+    B, H = batch, hidden
+    gen = torch.Generator().manual_seed(0)
+    pre = torch.randn(B, 4 * H, generator=gen)
+    h_prev, c_prev = torch.randn(B, H, generator=gen), torch.randn(B, H, generator=gen)
+    W_h = torch.randn(4 * H, H, generator=gen) / H ** 0.5
+    gates, hw, c, tanh_c, h = pre.clone(), torch.zeros(B, 4 * H), torch.empty(B, H), torch.empty(B, H), torch.empty(B, H)
+
+    def cell_torch() -> None:  # the element-wise part of LSTMRecurrence's PyTorch-ops path
+        g, i, f, o = gates.copy_(pre).chunk(4, dim=1)
+        g.tanh_()
+        gates[:, H:].sigmoid_()
+        torch.addcmul(g * i, c_prev, f, out=c)
+        torch.tanh(c, out=tanh_c)
+        torch.mul(tanh_c, o, out=h)
+
+    lines = [f"per-step costs at batch {B}, hidden {H} (microseconds, median):"]
+    if lstm_kernel.load() is not None:
+        cell_c = median_us(lambda: lstm_kernel.forward_step(gates.copy_(pre), hw, c_prev, c, tanh_c, h))
+        lines.append(f"  element-wise forward step: C cell {cell_c:.1f}, PyTorch ops {median_us(cell_torch):.1f} "
+                     f"(both include a {4 * B * H}-value copy that resets the input)")
+    times_W_h = lstm_kernel.linear(W_h, B)
+    backend = "oneDNN, packed W_h" if lstm_kernel.onednn_available() else "torch.mm (no oneDNN in this build)"
+    lines.append(f"  W_h h product: lstm_kernel.linear ({backend}) {median_us(lambda: times_W_h(h_prev)):.1f}, "
+                 f"torch.mm {median_us(lambda: h_prev @ W_h.t()):.1f}")
+    return lines
+
+
 def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> float:
     """Median milliseconds of one full training step."""
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
@@ -120,6 +161,8 @@ def main() -> None:
             print(f"  {k:<22} {ms:7.2f} ms   {ms / ref:5.2f}x torch.nn.LSTM")
         print(f"  ours (hand BPTT) is {best['per-gate nn.Linear'] / best['ours (hand BPTT)']:.2f}x faster "
               f"than per-gate nn.Linear")
+    if device.type == "cpu":
+        print("\n" + "\n".join(kernel_timings(args.batch_size, args.num_hidden)))
 
 
 if __name__ == "__main__":

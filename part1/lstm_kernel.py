@@ -89,7 +89,7 @@ def backward_step(gates: torch.Tensor, c_prev: torch.Tensor, tanh_c: torch.Tenso
                             dc.data_ptr())
 
 
-def _onednn_works() -> bool:
+def onednn_available() -> bool:
     """Whether this torch build has oneDNN's packed linear (x86 and Arm CPU builds) and it agrees with mm."""
     global _onednn
     if _onednn is None:
@@ -112,7 +112,7 @@ def linear(weight: torch.Tensor, batch_size: int) -> Callable[[torch.Tensor], to
     packed once into oneDNN's layout (once per forward or backward pass, not per step) and every
     step's product goes through oneDNN, where this torch build has it; elsewhere, torch.mm.
     """
-    if _onednn_works():
+    if onednn_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     weight_t = weight.t()

@@ -36,7 +36,7 @@ LOG_EVERY = 50  # iterations averaged into one row of losses.csv (and one progre
 N_SAMPLES = 25  # the 5x5 grid
 CSV_HEADER = ["iteration", "epoch", "loss_d", "loss_g", "d_real", "d_fake"]
 # A resumed run must train the same problem; --n_epochs, --save_interval, --device, --out may change.
-RESUME_MUST_MATCH = ("latent_dim", "batch_size", "lr", "precision", "d_dropout", "label_smoothing", "ema")
+RESUME_MUST_MATCH = ("latent_dim", "batch_size", "lr", "precision", "d_dropout", "label_smoothing", "ema", "lr_decay")
 BN_REFRESH_BATCHES, BN_REFRESH_SIZE = 4, 512  # latents that set the averaged generator's BatchNorm statistics
 
 
@@ -69,6 +69,7 @@ class Config:
     d_dropout: float = 0.3  # Dropout after each hidden layer of D
     label_smoothing: float = 0.1  # D's target for real images is 1 - this (one-sided: fakes stay 0)
     ema: float = 0.999  # decay of the weight average of G that grids and saved generators use; 0: off
+    lr_decay: str = "none"  # "linear": constant for the first half, then down to 0 at the last iteration
     threads: int = 0  # 0: torch's default (one per core)
     resume: bool = False
     eval_scores: bool = False
@@ -88,6 +89,8 @@ class Config:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
                 raise UserError(f"--{name} must be in [0, 1), got {value!r}")
+        if self.lr_decay not in ("none", "linear"):
+            raise UserError(f"--lr_decay must be none or linear, got {self.lr_decay!r}")
         if self.precision not in ("bf16", "fp32"):
             raise UserError(f"--precision must be bf16 or fp32, got {self.precision!r}")
         if self.eval_scores and importlib.util.find_spec("evaluate") is None:
@@ -147,6 +150,15 @@ def make_optimizers(generator: Generator, discriminator: Discriminator,
     fused = device.type in ("cpu", "cuda")  # mps has a fused Adam only in recent releases
     kw = dict(lr=lr, betas=(0.5, 0.999), fused=True) if fused else dict(lr=lr, betas=(0.5, 0.999))
     return torch.optim.Adam(generator.parameters(), **kw), torch.optim.Adam(discriminator.parameters(), **kw)
+
+
+def lr_at(config: Config, iteration: int, total_iters: int) -> float:
+    """Learning rate of both networks for the update after `iteration` updates (--lr_decay)."""
+    if config.lr_decay == "none":
+        return config.lr
+    # Constant for the first half, then linearly down to zero (as in CycleGAN): small late steps
+    # let both networks settle instead of chasing each other at full step size.
+    return config.lr * min(1.0, 2.0 * (1.0 - iteration / total_iters))
 
 
 def make_ema(generator: Generator, decay: float) -> AveragedModel | None:
@@ -454,6 +466,9 @@ def train(config: Config, command: str | None = None) -> dict[str, Any]:
                 perm = torch.randperm(n_train, generator=shuffle_gen).to(device)
                 for b in range(skip_batches, iters_per_epoch):
                     real = images[perm[b * config.batch_size:(b + 1) * config.batch_size]]  # (B, 1, 28, 28)
+                    if config.lr_decay != "none":
+                        for group in (*opt_g.param_groups, *opt_d.param_groups):
+                            group["lr"] = lr_at(config, iteration, total_iters)
                     window.append(train_step(generator, discriminator, opt_g, opt_d, real, autocast, real_label))
                     if ema is not None:
                         ema.update_parameters(generator)
@@ -532,6 +547,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="one-sided: D's target for real images is 1 minus this (0: none)")
     p.add_argument("--ema", type=float, default=d.ema,
                    help="decay of the moving average of G's weights used for samples and saved generators (0: off)")
+    p.add_argument("--lr_decay", default=d.lr_decay, choices=["none", "linear"],
+                   help="linear: --lr for the first half of training, then linearly down to 0 at the end")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads (0: torch's default); on a machine busy with other jobs, 1 can be several "
                         "times faster, since OpenMP threads spin-wait for a descheduled partner")

@@ -140,6 +140,12 @@ def test_saved_generators_are_the_weight_average(reference_run: Path, tiny_data:
     assert "generator_ema" not in ckpt and torch.equal(end["net.0.weight"], ckpt["generator"]["net.0.weight"])
 
 
+def test_lr_decay_schedule() -> None:
+    flat, decay = Config(lr=0.01), Config(lr=0.01, lr_decay="linear")
+    assert [my_gan.lr_at(flat, i, 100) for i in (0, 50, 99)] == [0.01] * 3
+    assert [my_gan.lr_at(decay, i, 100) for i in (0, 50, 75, 100)] == pytest.approx([0.01, 0.01, 0.005, 0.0])
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 
@@ -263,6 +269,7 @@ def bad_input_cases(data: Path, run: Path, tmp: Path) -> list[tuple[list[str], s
         (["--d_dropout", "1"], "--d_dropout"),
         (["--label_smoothing", "-0.1"], "--label_smoothing"),
         (["--ema", "1.5"], "--ema"),
+        (["--lr_decay", "cosine"], "--lr_decay"),
         (["--resume", "--out", str(run), "--batch_size", "16", "--seed", "3", "--ema", "0"], "--ema"),
     ]
     if not torch.cuda.is_available():
