@@ -2,10 +2,12 @@
 
     python part2/bench_gan.py --data_dir ../shared/mnist
 
+Both train the same models with my_gan.py's default recipe (dropout in D, one-sided label
+smoothing, a moving average of G's weights; the learning-rate schedule costs nothing and is left out).
 Conventional: torchvision MNIST through a DataLoader with ToTensor/Normalize per sample, float32,
-default Adam, one update of D then G per batch (G runs forward twice, as in the course template).
-Ours: my_gan.py's loop with its default recipe (dropout in D, label smoothing, the weight average
-of G) on the whole training set held as one tensor, bf16 autocast and fp32.
+default Adam, one update of D then G per batch (G runs forward twice, as in the course template),
+the average kept with torch.optim.swa_utils.AveragedModel.
+Ours: my_gan.py's loop on the whole training set held as one tensor, bf16 autocast and fp32.
 Both time a fixed number of iterations after a warm-up, interleaved in rounds so that load from other
 processes hits them alike, and extrapolate to an epoch of N // batch_size iterations.
 """
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from gan_utils import HERE, UserError, pick_device, set_seed
 from models import Discriminator, Generator
-from my_gan import Config, make_ema, make_optimizers, resolve_precision, train_step
+from my_gan import Config, make_ema, make_optimizers, resolve_precision, train_step, update_ema
 
 PROG = "bench_gan.py"
 
@@ -32,10 +34,14 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
     loader = DataLoader(datasets.MNIST(data_dir, train=True, download=False, transform=tf),
                         batch_size=batch_size, shuffle=True, drop_last=True)
-    G, D = Generator(latent_dim).to(device), Discriminator().to(device)
+    recipe = Config()
+    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
+    ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=False)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     batches = iter(loader)
@@ -50,9 +56,10 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
         real = real.to(device)
         b = real.shape[0]
         ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
+        real_target = torch.full((b,), 1.0 - recipe.label_smoothing, device=device)
         z = torch.randn(b, latent_dim, device=device)
         opt_d.zero_grad()
-        loss_d = (F.binary_cross_entropy_with_logits(D(real), ones)
+        loss_d = (F.binary_cross_entropy_with_logits(D(real), real_target)
                   + F.binary_cross_entropy_with_logits(D(G(z).detach()), zeros)) / 2
         loss_d.backward()
         opt_d.step()
@@ -60,6 +67,7 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
         loss_g = F.binary_cross_entropy_with_logits(D(G(z)), ones)
         loss_g.backward()
         opt_g.step()
+        ema.update_parameters(G)
         loss_d.item()  # the template logs both losses every iteration
 
     return step
@@ -75,7 +83,7 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
     _, autocast = resolve_precision(precision, device)
     n = images.shape[0]
     gen = torch.Generator().manual_seed(0)
-    state = {"perm": torch.randperm(n, generator=gen).to(device), "b": 0}
+    state = {"perm": torch.randperm(n, generator=gen).to(device), "b": 0, "first": True}
 
     def step() -> None:
         if (state["b"] + 1) * batch_size > n:
@@ -84,8 +92,9 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
         real = images[state["perm"][b * batch_size:(b + 1) * batch_size]]
         train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing)
         if ema is not None:
-            ema.update_parameters(G)
+            update_ema(ema, G, recipe.ema, first=state["first"])
         state["b"] += 1
+        state["first"] = False
 
     return step
 
@@ -129,7 +138,7 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
         D.requires_grad_(True)
         t.append(time.perf_counter())
         if ema is not None:
-            ema.update_parameters(G)
+            update_ema(ema, G, recipe.ema, first=i == 0)
         t.append(time.perf_counter())
         if i >= 20:  # warm-up excluded
             names = ("data+noise", "G forward", "D fwd+bwd (D step)", "Adam D", "D fwd + bwd to G + G bwd (G step)",
