@@ -50,7 +50,7 @@ class TrainingDiverged(Exception):
 
 @dataclass
 class Config:
-    """Everything that defines a run; defaults are the course template's, plus the three stabilisers below.
+    """Everything that defines a run; defaults are the course template's, plus the four stabilisers below.
 
     d_dropout, label_smoothing, ema and lr_decay are what report.md's GAN section measured;
     0, 0, 0, "none" is the plain template recipe.
