@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_utils import HERE, UserError, pick_device, set_seed
-from models import Discriminator, Generator
-from my_gan import Config, make_ema, make_optimizers, resolve_precision, train_step, update_ema
+from my_gan import Config, build_models, make_optimizers, resolve_precision, train_step, update_ema
 
 PROG = "bench_gan.py"
 
@@ -39,8 +38,8 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
     loader = DataLoader(datasets.MNIST(data_dir, train=True, download=False, transform=tf),
                         batch_size=batch_size, shuffle=True, drop_last=True)
-    recipe = Config()
-    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
+    recipe = Config(latent_dim=latent_dim)
+    G, D, _ = build_models(recipe, device)
     ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=False)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -76,10 +75,9 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
 def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
              device: torch.device) -> Callable[[], None]:
     """One call = one iteration of my_gan.py's loop (gather from the on-device set, train_step, EMA)."""
-    recipe = Config()
-    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
+    recipe = Config(latent_dim=latent_dim)
+    G, D, ema = build_models(recipe, device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
-    ema = make_ema(G, recipe.ema)
     _, autocast = resolve_precision(precision, device)
     n = images.shape[0]
     gen = torch.Generator().manual_seed(0)
@@ -102,10 +100,9 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
 def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
               device: torch.device, iters: int) -> dict[str, float]:
     """ms per iteration of each phase of train_step (the same operations, with timers between them; CPU only)."""
-    recipe = Config()
-    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
+    recipe = Config(latent_dim=latent_dim)
+    G, D, ema = build_models(recipe, device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
-    ema = make_ema(G, recipe.ema)
     _, autocast = resolve_precision(precision, device)
     perm = torch.randperm(images.shape[0])
     parts: dict[str, float] = {}

@@ -161,6 +161,16 @@ def lr_at(config: Config, iteration: int, total_iters: int) -> float:
     return config.lr * min(1.0, 2.0 * (1.0 - iteration / total_iters))
 
 
+def build_models(config: Config, device: torch.device) -> tuple[Generator, Discriminator, Generator | None]:
+    """G, D (with --d_dropout) and the weight average of G (None without --ema), on the device.
+
+    Created in this order from the current RNG state, so a seeded run is the same wherever it is built.
+    """
+    generator = Generator(config.latent_dim).to(device)
+    discriminator = Discriminator(config.d_dropout).to(device)
+    return generator, discriminator, make_ema(generator, config.ema)
+
+
 def make_ema(generator: Generator, decay: float) -> Generator | None:
     """A copy of G to hold the exponential moving average of its weights (None when decay is 0).
 
@@ -373,10 +383,8 @@ def train(config: Config, command: str | None = None) -> dict[str, Any]:
     half_iter = total_iters // 2
 
     set_seed(config.seed)
-    generator = Generator(config.latent_dim).to(device)
-    discriminator = Discriminator(config.d_dropout).to(device)
+    generator, discriminator, ema = build_models(config, device)
     opt_g, opt_d = make_optimizers(generator, discriminator, config.lr, device)
-    ema = make_ema(generator, config.ema)
     precision, autocast = resolve_precision(config.precision, device)
     shuffle_gen = torch.Generator().manual_seed(config.seed)  # its own stream: shuffling never shifts the noise
     # Drawn once from its own seeded generator, so every grid of a run shows the same 25 latents.
