@@ -40,6 +40,20 @@ class Generator(nn.Module):
         return self.net(z).view(-1, *IMG_SHAPE)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with the keep mask drawn as uniform >= p: the same Bernoulli(1 - p) mask and
+    1 / (1 - p) scaling, but about 2x cheaper on CPU, where bernoulli_ costs ~8 ns an element
+    (dropout was ~10% of a bf16 training step). p = 0 and eval mode return the input untouched.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        # The uniforms are float32 whatever x's dtype: a bf16 uniform has only 8 bits.
+        mask = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1 / (1 - self.p))
+        return x * mask
+
+
 class Discriminator(nn.Module):
     """image (B, 1, 28, 28) or (B, 784) -> logit (B,); the loss applies the sigmoid.
 
@@ -53,10 +67,10 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(IMG_PIXELS, 512),
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(512, 256),
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(256, 1),
         )
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SHARED_MNIST, write_fake_mnist
-from models import Discriminator, Generator, load_generator
+from models import Discriminator, Dropout, Generator, load_generator
 import my_gan
 from my_gan import Config, TrainingDiverged, TrainingInterrupted, train
 
@@ -77,6 +77,20 @@ def test_discriminator_returns_logits() -> None:
     assert logits.shape == (6,)
     assert (logits > 1).any()
     assert d(torch.rand(3, 784)).shape == (3,)  # flat input works too
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_one_minus_p_and_rescales(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = torch.ones(400, 500, dtype=dtype, requires_grad=True)
+    y = Dropout(0.3)(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 200,000 draws: std of the rate ~0.001
+    assert torch.allclose(y[kept].float(), torch.tensor(1 / 0.7), rtol=1e-2)
+    y.float().sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient goes through the kept units only, rescaled
+    x = torch.randn(5, 7)
+    assert Dropout(0.0)(x) is x and Dropout(0.3).eval()(x) is x
 
 
 def test_generator_eval_is_batch_independent() -> None:
