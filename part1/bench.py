@@ -17,6 +17,7 @@ import time
 import torch
 from torch import nn
 
+import lstm_bptt
 import lstm_kernel
 from lstm import LSTM
 from utils import UserError, pick_device
@@ -85,18 +86,15 @@ def kernel_timings(batch: int, hidden: int) -> list[str]:
     W_h = torch.randn(4 * H, H, generator=gen) / H ** 0.5
     gates, hw, c, tanh_c, h = pre.clone(), torch.zeros(B, 4 * H), torch.empty(B, H), torch.empty(B, H), torch.empty(B, H)
 
-    def cell_torch() -> None:  # the element-wise part of LSTMRecurrence's PyTorch-ops path
-        g, i, f, o = gates.copy_(pre).chunk(4, dim=1)
-        g.tanh_()
-        gates[:, H:].sigmoid_()
-        torch.addcmul(g * i, c_prev, f, out=c)
-        torch.tanh(c, out=tanh_c)
-        torch.mul(tanh_c, o, out=h)
+    def cell_torch() -> None:
+        lstm_bptt.cell_forward(gates.copy_(pre), c_prev, c, tanh_c, h)
 
     lines = [f"per-step costs at batch {B}, hidden {H} (microseconds, median):"]
     if lstm_kernel.load() is not None:
-        cell_c = median_us(lambda: lstm_kernel.forward_step(gates.copy_(pre), hw, c_prev, c, tanh_c, h))
-        lines.append(f"  element-wise forward step: C cell {cell_c:.1f}, PyTorch ops {median_us(cell_torch):.1f} "
+        def cell_c() -> None:
+            lstm_kernel.forward_step(gates.copy_(pre), hw, c_prev, c, tanh_c, h)
+
+        lines.append(f"  element-wise forward step: C cell {median_us(cell_c):.1f}, PyTorch ops {median_us(cell_torch):.1f} "
                      f"(both include a {4 * B * H}-value copy that resets the input)")
     times_W_h = lstm_kernel.linear(W_h, B)
     backend = "oneDNN, packed W_h" if lstm_kernel.onednn_available() else "torch.mm (no oneDNN in this build)"

@@ -20,6 +20,19 @@ import torch
 import lstm_kernel
 
 
+def cell_forward(gates: torch.Tensor, c_prev: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor,
+                 h: torch.Tensor) -> None:
+    """Equations (1)-(6) of one step in PyTorch ops: pre-activations `gates` (B, 4H) become the gates
+    in place; c, tanh(c) and h (B, H) are written into the given tensors. lstm_cell.c does the same."""
+    H = c.shape[1]
+    g, i, f, o = gates.chunk(4, dim=1)
+    g.tanh_()                                              # (1)
+    gates[:, H:].sigmoid_()                                # i, f, o    (2)-(4)
+    torch.addcmul(g * i, c_prev, f, out=c)                 # c = g*i + c_prev*f   (5)
+    torch.tanh(c, out=tanh_c)
+    torch.mul(tanh_c, o, out=h)                            # h = tanh(c)*o        (6)
+
+
 class LSTMRecurrence(torch.autograd.Function):
     """h_T (B, H) from inputs x (T, B, D) and weights W_x (4H, D), b (4H,), W_h (4H, H); h_0 = c_0 = 0.
 
@@ -51,12 +64,7 @@ class LSTMRecurrence(torch.autograd.Function):
         for t in range(T):
             if t > 0:  # h_0 = 0 adds nothing
                 gates[t].addmm_(h[t], W_hT)                # + W_h h_{t-1}: all four gates, in place
-            g, i, f, o = gates[t].chunk(4, dim=1)
-            g.tanh_()                                      # (1)
-            gates[t, :, H:].sigmoid_()                     # i, f, o    (2)-(4)
-            torch.addcmul(g * i, c[t], f, out=c[t + 1])    # c = g*i + c_prev*f   (5)
-            torch.tanh(c[t + 1], out=tanh_c[t])
-            torch.mul(tanh_c[t], o, out=h[t + 1])          # h = tanh(c)*o        (6)
+            cell_forward(gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
         return LSTMRecurrence._finish_forward(ctx, x, W_x, W_h, gates, c, h, tanh_c)
 
     @staticmethod

@@ -5,7 +5,7 @@
 Both train the same models with my_gan.py's default recipe (dropout in D, one-sided label
 smoothing, a moving average of G's weights; the learning-rate schedule costs nothing and is left out).
 Conventional: torchvision MNIST through a DataLoader with ToTensor/Normalize per sample, float32,
-default Adam, one update of D then G per batch (G runs forward twice, as in the course template),
+torch.nn.Dropout, default Adam, one update of D then G per batch (G runs forward twice, as in the course template),
 the average kept with torch.optim.swa_utils.AveragedModel.
 Ours: my_gan.py's loop on the whole training set held as one tensor, bf16 autocast and fp32.
 Both time a fixed number of iterations after a warm-up, interleaved in rounds so that load from other
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_utils import HERE, UserError, pick_device, set_seed
+from models import Dropout
 from my_gan import Config, build_models, make_optimizers, resolve_precision, train_step, update_ema
 
 PROG = "bench_gan.py"
@@ -40,6 +41,9 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
                         batch_size=batch_size, shuffle=True, drop_last=True)
     recipe = Config(latent_dim=latent_dim)
     G, D, _ = build_models(recipe, device)
+    for i, module in enumerate(D.net):  # the stock module, not models.Dropout's cheaper mask
+        if isinstance(module, torch.nn.Dropout):
+            D.net[i] = torch.nn.Dropout(module.p)
     ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=False)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -81,7 +85,7 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
     _, autocast = resolve_precision(precision, device)
     n = images.shape[0]
     gen = torch.Generator().manual_seed(0)
-    state = {"perm": torch.randperm(n, generator=gen).to(device), "b": 0, "first": True}
+    state = {"perm": torch.randperm(n, generator=gen).to(device), "b": 0, "iteration": 0}
 
     def step() -> None:
         if (state["b"] + 1) * batch_size > n:
@@ -90,9 +94,9 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
         real = images[state["perm"][b * batch_size:(b + 1) * batch_size]]
         train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing)
         if ema is not None:
-            update_ema(ema, G, recipe.ema, first=state["first"])
+            update_ema(ema, G, recipe.ema, first=state["iteration"] == 0)
         state["b"] += 1
-        state["first"] = False
+        state["iteration"] += 1
 
     return step
 
@@ -143,6 +147,19 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
             for name, a, c in zip(names, t, t[1:]):
                 parts[name] = parts.get(name, 0.0) + (c - a) * 1000 / iters
     return parts
+
+
+def dropout_masks(batch_size: int, p: float, device: torch.device) -> str:
+    """ms per iteration that D's dropout masks cost: nn.Dropout against models.Dropout, forward only.
+
+    An iteration runs D on 2B rows (D step) and on B rows (G step), through 512 and 256 units, in bf16.
+    """
+    x = torch.randn(3 * batch_size, 512 + 256, device=device, dtype=torch.bfloat16)
+    costs = {}
+    for name, module in (("nn.Dropout", torch.nn.Dropout(p)), ("models.Dropout", Dropout(p))):
+        costs[name] = min(time_rounds({name: lambda: module(x)}, 20, 200, 4)[name])
+    return (f"dropout masks at p={p} (ms/iter, forward): "
+            + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()))
 
 
 def time_rounds(loops: dict[str, Callable[[], None]], warmup: int, iters: int, rounds: int) -> dict[str, list[float]]:
@@ -220,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(100):
             next(loader)
         print(f"conventional DataLoader alone: {(time.perf_counter() - t0) * 10:.2f} ms/batch")
+        print(dropout_masks(args.batch_size, Config().d_dropout, device))
         for precision in ("fp32", "bf16"):
             parts = breakdown(images, args.batch_size, args.latent_dim, precision, device, args.iters // 2)
             print(f"my_gan {precision} breakdown (ms/iter, sum {sum(parts.values()):.2f}): "

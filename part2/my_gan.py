@@ -66,7 +66,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     precision: str = "bf16"
-    d_dropout: float = 0.3  # Dropout after each hidden layer of D
+    d_dropout: float = 0.1  # Dropout after each hidden layer of D (0.3 and 0.2 scored lower; report.md)
     label_smoothing: float = 0.1  # D's target for real images is 1 - this (one-sided: fakes stay 0)
     ema: float = 0.999  # decay of the weight average of G that grids and saved generators use; 0: off
     lr_decay: str = "linear"  # constant for the first half, then down to 0 at the last iteration; "none": constant
