@@ -42,8 +42,8 @@ class Generator(nn.Module):
 
 class Dropout(nn.Dropout):
     """nn.Dropout with the keep mask drawn as uniform >= p: the same Bernoulli(1 - p) mask and
-    1 / (1 - p) scaling, but about 2x cheaper on CPU, where bernoulli_ costs ~8 ns an element
-    (dropout was ~10% of a bf16 training step). p = 0 and eval mode return the input untouched.
+    1 / (1 - p) scaling, but cheaper on CPU, where bernoulli_ is slow (bench_gan.py's "dropout
+    masks" line times both). p = 0 and eval mode return the input untouched.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
