@@ -486,8 +486,9 @@ def train(config: Config, command: str | None = None) -> dict[str, Any]:
                 for b in range(skip_batches, iters_per_epoch):
                     real = images[perm[b * config.batch_size:(b + 1) * config.batch_size]]  # (B, 1, 28, 28)
                     if config.lr_decay != "none":
+                        lr = lr_at(config, iteration, total_iters)
                         for group in (*opt_g.param_groups, *opt_d.param_groups):
-                            group["lr"] = lr_at(config, iteration, total_iters)
+                            group["lr"] = lr
                     window.append(train_step(generator, discriminator, opt_g, opt_d, real, autocast, real_label))
                     if ema is not None:
                         update_ema(ema, generator, config.ema, first=iteration == 0)
