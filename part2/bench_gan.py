@@ -103,50 +103,32 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
 
 def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
               device: torch.device, iters: int) -> dict[str, float]:
-    """ms per iteration of each phase of train_step (the same operations, with timers between them; CPU only)."""
+    """ms per iteration of each phase of my_gan's iteration, timed by train_step's mark hook (CPU only)."""
     recipe = Config(latent_dim=latent_dim)
     G, D, ema = build_models(recipe, device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
     _, autocast = resolve_precision(precision, device)
     perm = torch.randperm(images.shape[0])
     parts: dict[str, float] = {}
+    last = 0.0
+
+    def mark(phase: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        parts[phase] = parts.get(phase, 0.0) + now - last
+        last = now
+
     for i in range(iters + 20):
-        t = [time.perf_counter()]
+        if i == 20:
+            parts.clear()  # the warm-up is not timed
+        last = time.perf_counter()
         real = images[perm[(i % 900) * batch_size:(i % 900 + 1) * batch_size]]
-        b = real.shape[0]
-        z = torch.randn(b, latent_dim)
-        t.append(time.perf_counter())
-        with autocast():
-            fake = G(z)
-        t.append(time.perf_counter())
-        with autocast():
-            logits = D(torch.cat([real.to(fake.dtype), fake.detach()])).float()
-        target = torch.cat([torch.full((b,), 1.0 - recipe.label_smoothing), torch.zeros(b)])
-        loss_d = F.binary_cross_entropy_with_logits(logits, target)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        t.append(time.perf_counter())
-        opt_d.step()
-        t.append(time.perf_counter())
-        D.requires_grad_(False)
-        with autocast():
-            logits_gen = D(fake).float()
-        loss_g = F.binary_cross_entropy_with_logits(logits_gen, torch.ones(b))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        t.append(time.perf_counter())
-        opt_g.step()
-        D.requires_grad_(True)
-        t.append(time.perf_counter())
+        mark("data")
+        train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing, mark=mark)
         if ema is not None:
             update_ema(ema, G, recipe.ema, first=i == 0)
-        t.append(time.perf_counter())
-        if i >= 20:  # warm-up excluded
-            names = ("data+noise", "G forward", "D fwd+bwd (D step)", "Adam D", "D fwd + bwd to G + G bwd (G step)",
-                     "Adam G", "EMA of G")
-            for name, a, c in zip(names, t, t[1:]):
-                parts[name] = parts.get(name, 0.0) + (c - a) * 1000 / iters
-    return parts
+        mark("EMA of G")
+    return {phase: seconds * 1000 / iters for phase, seconds in parts.items()}
 
 
 def dropout_masks(batch_size: int, p: float, device: torch.device) -> str:
@@ -174,6 +156,8 @@ def time_rounds(loops: dict[str, Callable[[], None]], warmup: int, iters: int, r
             t0 = time.perf_counter()
             for _ in range(per_round):
                 step()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # queued GPU work belongs to this round
             result[name].append((time.perf_counter() - t0) * 1000 / per_round)
     return result
 

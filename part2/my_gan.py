@@ -103,7 +103,7 @@ class Config:
 
 def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast: Callable[[], Any],
-               real_label: float = 1.0) -> torch.Tensor:
+               real_label: float = 1.0, mark: Callable[[str], None] = lambda phase: None) -> torch.Tensor:
     """One update of D, then one of G, on a batch of real images (B, 1, 28, 28).
 
     real_label < 1 is one-sided label smoothing: D is asked for that probability on real images,
@@ -112,11 +112,13 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     Returns the detached tensor [loss_d, loss_g, d_real, d_fake] (no host sync, so the loop
     never waits on the device). One generator forward serves both updates: D sees it detached,
     then G backpropagates through the same graph (G's weights have not changed in between).
+    mark(phase) is called as each phase ends (bench_gan.py times them; a no-op otherwise).
     """
     b = real.shape[0]
     z = torch.randn(b, generator.latent_dim, device=real.device)  # (B, latent)
     with autocast():
         fake = generator(z)  # (B, 1, 28, 28)
+        mark("G forward")
         # D has no BatchNorm, so real and fake can share one forward (one larger matmul per layer).
         logits = discriminator(torch.cat([real.to(fake.dtype), fake.detach()])).float()  # (2B,)
     target = torch.cat([torch.full((b,), real_label, device=real.device), torch.zeros(b, device=real.device)])
@@ -124,7 +126,9 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     loss_d = F.binary_cross_entropy_with_logits(logits, target)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
+    mark("D step: D forward and backward")
     opt_d.step()
+    mark("Adam D")
 
     # D's weight gradients in the G step would be thrown away (zeroed before D's next update): skip them.
     discriminator.requires_grad_(False)
@@ -136,7 +140,9 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     loss_g = F.binary_cross_entropy_with_logits(logits_gen, torch.ones(b, device=real.device))
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
+    mark("G step: D forward, backward through D and G")
     opt_g.step()
+    mark("Adam G")
     discriminator.requires_grad_(True)
 
     with torch.no_grad():
@@ -556,7 +562,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--latent_dim", type=int, default=d.latent_dim, help="dimension of the noise z")
     p.add_argument("--save_interval", type=int, default=d.save_interval, help="save a sample grid every N iterations")
     p.add_argument("--data_dir", default=d.data_dir, help="MNIST root (holds MNIST/raw/); downloaded there if missing")
-    p.add_argument("--no_download", dest="download", action="store_false", help="never try to download MNIST")
+    # "%(default).0s" prints nothing; it only stops the formatter from adding "(default: True)".
+    p.add_argument("--no_download", dest="download", action="store_false",
+                   help="never try to download MNIST (default: download when missing)%(default).0s")
     p.add_argument("--out", default=d.out, help="output folder of the run")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, noise, shuffling and the fixed grid noise")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="where to train")
