@@ -139,7 +139,10 @@ def main() -> None:
         sys.exit(2)
 
     torch.manual_seed(0)
-    c_cell = "C cell built" if lstm_kernel.load() is not None else "no C compiler: PyTorch ops instead of the C cell"
+    if device.type != "cpu":
+        c_cell = "PyTorch ops (the C cell is CPU only)"
+    else:
+        c_cell = "C cell built" if lstm_kernel.load() is not None else "no C compiler: PyTorch ops instead of the C cell"
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}; {c_cell}")
     for length in args.lengths:
