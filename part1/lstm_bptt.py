@@ -92,7 +92,8 @@ class LSTMRecurrence(torch.autograd.Function):
         grad_x = (grad_a @ W_x).view(T, B, -1) if need[0] else None
         grad_W_x = grad_a.t() @ x.reshape(T * B, -1) if need[1] else None
         grad_b = grad_a.sum(0) if need[2] else None
-        grad_W_h = grad_a.t() @ h[:T].reshape(T * B, H4 // 4) if need[3] else None
+        # h_0 = 0: the first step adds nothing to dW_h, so its B rows are left out of the product.
+        grad_W_h = grad_a[B:].t() @ h[1:T].reshape((T - 1) * B, H4 // 4) if need[3] else None
         return grad_x, grad_W_x, grad_b, grad_W_h, None
 
     @staticmethod

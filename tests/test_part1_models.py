@@ -122,6 +122,22 @@ def test_c_cell_builds_and_handles_saturated_gates():
     torch.testing.assert_close(h, ref_c.tanh() * ref[:, 3 * H:], atol=1e-6, rtol=1e-5)
 
 
+def test_linear_refreshes_its_packed_weight():
+    """lstm_kernel.linear keeps one packed buffer per shape: each call must pack the weight it is given."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 8)
+    for _ in range(3):  # the first call packs from scratch, the later ones copy into the same buffer
+        w = torch.randn(12, 8)
+        torch.testing.assert_close(lstm_kernel.linear(w, 6)(x), x @ w.t(), atol=1e-5, rtol=1e-5)
+
+
+def test_length_one_gives_zero_recurrent_gradient():
+    """With one step, h_0 = 0 is all W_h ever multiplies: its gradient is zero, not an error."""
+    model = LSTM(1, 10, 16, 10)
+    nn.functional.cross_entropy(model(torch.randn(4, 1, 10)), torch.randint(0, 10, (4,))).backward()
+    assert torch.count_nonzero(model.W_h.grad) == 0 and torch.count_nonzero(model.W_x.grad) > 0
+
+
 def test_gradcheck_recurrence_and_model():
     torch.manual_seed(0)
     T, B, D, H = 6, 3, 2, 4
