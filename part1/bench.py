@@ -100,6 +100,10 @@ def kernel_timings(batch: int, hidden: int) -> list[str]:
     backend = "oneDNN, packed W_h" if lstm_kernel.onednn_available() else "torch.mm (no oneDNN in this build)"
     lines.append(f"  W_h h product: lstm_kernel.linear ({backend}) {median_us(lambda: times_W_h(h_prev)):.1f}, "
                  f"torch.mm {median_us(lambda: h_prev @ W_h.t()):.1f}")
+    if lstm_kernel.onednn_available():  # twice a training step: W_h, and its transpose for the backward
+        fresh = median_us(lambda: torch.ops.mkldnn._reorder_linear_weight(W_h, B))
+        kept = median_us(lambda: lstm_kernel.linear(W_h, B))  # copies into the buffer packed above
+        lines.append(f"  packing W_h for oneDNN: from scratch {fresh:.1f}, into the kept buffer {kept:.1f}")
     return lines
 
 

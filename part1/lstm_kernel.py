@@ -113,8 +113,8 @@ def onednn_available() -> bool:
 def _pack(weight: torch.Tensor, batch_size: int) -> torch.Tensor:
     """weight (N, K) in oneDNN's layout for batches of batch_size rows, in a buffer kept per shape.
 
-    Packing from scratch (_reorder_linear_weight) costs ~0.25 ms here, mostly in working out the
-    layout; copying into a buffer that already has it costs ~0.03 ms. Each pack is used only
+    Packing from scratch (_reorder_linear_weight) costs several times more than copying into a
+    buffer that already has the layout (bench.py's last line times both). Each pack is used only
     within the forward or backward pass that made it, so one buffer per shape is enough (for
     one thread: two threads running LSTMs of the same size at once would need one each).
     """
