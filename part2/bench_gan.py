@@ -76,9 +76,12 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
     return step
 
 
-def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
-             device: torch.device) -> Callable[[], None]:
-    """One call = one iteration of my_gan.py's loop (gather from the on-device set, train_step, EMA)."""
+def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str, device: torch.device,
+             mark: Callable[[str], None] = lambda phase: None) -> Callable[[], None]:
+    """One call = one iteration of my_gan.py's loop (gather from the on-device set, train_step, EMA).
+
+    mark(phase) is called as each phase ends, inside train_step too (breakdown times them).
+    """
     recipe = Config(latent_dim=latent_dim)
     G, D, ema = build_models(recipe, device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
@@ -92,9 +95,11 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
             state["perm"], state["b"] = torch.randperm(n, generator=gen).to(device), 0
         b = state["b"]
         real = images[state["perm"][b * batch_size:(b + 1) * batch_size]]
-        train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing)
+        mark("data")
+        train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing, mark=mark)
         if ema is not None:
             update_ema(ema, G, recipe.ema, first=state["iteration"] == 0)
+        mark("EMA of G")
         state["b"] += 1
         state["iteration"] += 1
 
@@ -103,12 +108,7 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
 
 def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
               device: torch.device, iters: int) -> dict[str, float]:
-    """ms per iteration of each phase of my_gan's iteration, timed by train_step's mark hook (CPU only)."""
-    recipe = Config(latent_dim=latent_dim)
-    G, D, ema = build_models(recipe, device)
-    opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
-    _, autocast = resolve_precision(precision, device)
-    perm = torch.randperm(images.shape[0])
+    """ms per iteration of each phase of our_loop's iteration, timed at its marks (CPU only)."""
     parts: dict[str, float] = {}
     last = 0.0
 
@@ -118,16 +118,12 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
         parts[phase] = parts.get(phase, 0.0) + now - last
         last = now
 
+    step = our_loop(images, batch_size, latent_dim, precision, device, mark=mark)
     for i in range(iters + 20):
         if i == 20:
             parts.clear()  # the warm-up is not timed
         last = time.perf_counter()
-        real = images[perm[(i % 900) * batch_size:(i % 900 + 1) * batch_size]]
-        mark("data")
-        train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing, mark=mark)
-        if ema is not None:
-            update_ema(ema, G, recipe.ema, first=i == 0)
-        mark("EMA of G")
+        step()
     return {phase: seconds * 1000 / iters for phase, seconds in parts.items()}
 
 
