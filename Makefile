@@ -22,6 +22,7 @@ demo: venv
 # One thread: the tests train tiny models, and on a busy machine OpenMP threads spin-waiting
 # for a descheduled partner can make a step ten times slower.
 test: venv
+	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 clean:

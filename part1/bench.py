@@ -13,6 +13,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,7 +21,9 @@ from torch import nn
 import lstm_bptt
 import lstm_kernel
 from lstm import LSTM
-from utils import UserError, pick_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, pick_device
 
 
 class PerGateLSTM(nn.Module):

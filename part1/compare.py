@@ -17,7 +17,11 @@ import sys
 from pathlib import Path
 
 from train import Config, train
-from utils import HERE, UserError, atomic_write, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, atomic_write, write_json
+
+HERE = Path(__file__).resolve().parent
 
 MODELS = ("lstm", "rnn")
 

@@ -24,8 +24,12 @@ from tqdm import tqdm
 
 from dataset import PalindromeDataset
 from lstm import LSTM
-from utils import HERE, UserError, atomic_write, pick_device, set_seed, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, atomic_write, pick_device, set_seed, write_json
 from vanilla_rnn import VanillaRNN
+
+HERE = Path(__file__).resolve().parent
 
 
 @dataclass

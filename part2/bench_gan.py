@@ -17,24 +17,27 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from gan_utils import HERE, UserError, pick_device, set_seed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, pick_device, set_seed
 from models import Dropout
 from my_gan import Config, build_models, make_optimizers, resolve_precision, train_step, update_ema
+
+HERE = Path(__file__).resolve().parent
 
 PROG = "bench_gan.py"
 
 
 def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> Callable[[], None]:
     """One call = one iteration of the template-style pipeline (DataLoader + float32 + two G forwards)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
-
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
     loader = DataLoader(datasets.MNIST(data_dir, train=True, download=False, transform=tf),

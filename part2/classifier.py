@@ -7,12 +7,16 @@ downloaded from the internet and was made for 299x299 colour photographs, not
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from gan_utils import HERE, UserError, atomic_save, safe_load
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, atomic_save, safe_load
+
+HERE = Path(__file__).resolve().parent
 
 DEFAULT_CLASSIFIER = HERE / "results" / "classifier.pt"
 KIND = "digit_classifier"

@@ -20,11 +20,15 @@ from pathlib import Path
 import torch
 
 from classifier import DEFAULT_CLASSIFIER, FEATURE_DIM, DigitClassifier, classify, load_classifier
-from gan_utils import HERE, UserError, pick_device, repo_relative, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, pick_device, repo_relative, write_json
 from mnist_data import load_mnist
 from models import load_generator
 from sampling import generate, latents
 from scores import CONFIDENCE, all_scores, feature_stats
+
+HERE = Path(__file__).resolve().parent
 
 STAGES = ("start", "half", "end")
 IS_SPLITS = 10

@@ -13,7 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from gan_utils import UserError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError
 from models import load_generator, save_generator
 
 KEEP = ["config.json", "grid_start.png", "grid_half.png", "grid_end.png", "losses.csv", "losses.png", "scores.json"]

@@ -13,10 +13,14 @@ import torch
 from torch import nn
 
 from classifier import DigitClassifier, classify, load_classifier
-from gan_utils import HERE, UserError, pick_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, pick_device
 from models import load_generator
 from sampling import generate, latents
 from scores import CONFIDENCE
+
+HERE = Path(__file__).resolve().parent
 
 N_IMAGES = 9          # 7 intermediate steps plus the two endpoints
 N_CANDIDATES = 2000   # latents searched at once for a confident pair
@@ -138,7 +142,7 @@ def main() -> None:
     fig = plot_interpolation(result)
     fig.savefig(out, dpi=120)
     plt.close(fig)
-    labels = " ".join(f"{int(l)}({float(c):.2f})" for l, c in zip(result["labels"], result["confidences"]))
+    labels = " ".join(f"{int(k)}({float(c):.2f})" for k, c in zip(result["labels"], result["confidences"]))
     print(f"{labels}\nwrote {out}")
 
 

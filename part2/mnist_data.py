@@ -1,12 +1,14 @@
 """MNIST as whole tensors, read with torchvision's own dataset class."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from torchvision import datasets
 
-from gan_utils import UserError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError
 
 
 def load_mnist(data_dir: str | Path, train: bool = True, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

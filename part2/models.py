@@ -1,12 +1,14 @@
 """Fully connected GAN for MNIST: generator, discriminator and loading a saved generator."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from gan_utils import UserError, atomic_save, safe_load
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, atomic_save, safe_load
 
 IMG_SHAPE = (1, 28, 28)
 IMG_PIXELS = 28 * 28

@@ -27,9 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_utils import HERE, UserError, atomic_save, atomic_write, pick_device, safe_load, set_seed, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, atomic_save, atomic_write, pick_device, safe_load, set_seed, write_json
 from models import Discriminator, Generator, save_generator
 from sampling import generate
+
+HERE = Path(__file__).resolve().parent
 
 PROG = "my_gan.py"
 LOG_EVERY = 50  # iterations averaged into one row of losses.csv (and one progress-bar update of the losses)

@@ -14,8 +14,12 @@ import torch
 from torch import nn
 
 from classifier import DEFAULT_CLASSIFIER, DigitClassifier, classify, save_classifier
-from gan_utils import HERE, UserError, pick_device, repo_relative, set_seed, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cs324_utils import UserError, pick_device, repo_relative, set_seed, write_json
 from mnist_data import load_mnist
+
+HERE = Path(__file__).resolve().parent
 
 DEFAULTS = {
     "data_dir": str(HERE / "data"),

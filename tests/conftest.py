@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # cs324_utils
 for part in ("part1", "part2"):
     sys.path.insert(0, str(ROOT / part))
 

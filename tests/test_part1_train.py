@@ -68,7 +68,7 @@ def test_bad_input_is_one_line(args, flag):
     result = run_cli(args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and flag in lines[0], result.stderr
 
 

@@ -11,13 +11,19 @@ import pytest
 import torch
 
 from classifier import DigitClassifier, load_classifier, save_classifier
+from cs324_utils import UserError
 from evaluate import score_run
-from gan_utils import UserError
 from interpolate import find_pair, interpolate, interpolation
 from models import load_generator
 from part2_fakes import make_run_and_classifier
-from scores import (class_histogram, confident_fraction, frechet_distance, frechet_distance_feats,
-                    inception_score, kl_from_uniform)
+from scores import (
+    class_histogram,
+    confident_fraction,
+    frechet_distance,
+    frechet_distance_feats,
+    inception_score,
+    kl_from_uniform,
+)
 
 PART2 = Path(__file__).resolve().parents[1] / "part2"
 

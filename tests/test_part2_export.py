@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cs324_utils import UserError
 from export_run import export_run
-from gan_utils import UserError
 from models import load_generator
 from part2_fakes import make_run
 from sampling import latents

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import my_gan
 from conftest import ROOT, SHARED_MNIST, write_fake_mnist
 from models import Discriminator, Dropout, Generator, load_generator
-import my_gan
 from my_gan import Config, TrainingDiverged, TrainingInterrupted, train
 
 PART2 = ROOT / "part2"

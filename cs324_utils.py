@@ -1,0 +1,186 @@
+"""Helpers both parts share: one-line errors, the device, seeds, threads, and writes that never tear.
+
+Part 1 and part 2 scripts put the repository root on sys.path and import this one file, so
+there is a single copy of each helper. Every command-line error is a UserError: the scripts
+print it as one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random accept it too
+THREADS_MAX = 1024
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; CLIs print it as one line and exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), like every other error of these scripts."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run_cli(prog: str, body: Callable[[], Any]) -> Any:
+    """Call body(); a UserError becomes one line on stderr and exit code 2, Ctrl-C exit code 130."""
+    try:
+        return body()
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """Resolve --device once: auto, cpu, cuda, cuda:N or mps; refuse one that is not present."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind, _, index = str(name).partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"--device: unknown device {name!r} (choose auto, cpu, cuda, cuda:N or mps)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available (use --device cpu or auto)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def check_seed(seed: int) -> int:
+    """Refuse a seed that numpy cannot take (it must fit in 0 .. 2**32 - 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed!r}")
+    return seed
+
+
+def set_seed(seed: int) -> None:
+    """Seed every RNG a run touches."""
+    check_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_threads(threads: int) -> int:
+    """Refuse a --threads value torch cannot take (0 means torch's default)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= THREADS_MAX:
+        raise UserError(f"--threads must be 0 (torch's default) or from 1 to {THREADS_MAX}, got {threads!r}")
+    return threads
+
+
+def file_mode() -> int:
+    """The permissions a plain open() gives a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _os_error(path: Path, exc: OSError) -> UserError:
+    reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__)
+    return UserError(f"cannot write {path}: {reason}")
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call write(tmp_path), then rename over path: an interrupted run never leaves a torn file.
+
+    The file gets the permissions a plain open() would give (mkstemp alone makes it private),
+    and a failed write (full disk, read-only folder) leaves the old file as it was.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    except RuntimeError as exc:  # torch.save reports a full disk as a RuntimeError from its zip writer
+        if "write" in str(exc).lower() or "file" in str(exc).lower():
+            raise UserError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_stray_tmp(folder: str | Path) -> list[Path]:
+    """Delete the *.tmp files that a write killed half-way left in folder; returns what was removed."""
+    removed = [p for p in Path(folder).glob("*.tmp") if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return removed
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """JSON, atomically, so a reader never sees half a file."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def safe_load(path: str | Path, what: str = "checkpoint") -> dict:
+    """torch.load(weights_only=True) with one-line errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, unpickler and permission errors all end the run the same way
+        raise UserError(f"{what} {path} is corrupt or not a PyTorch file ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path} does not hold a dictionary of tensors")
+    return obj
+
+
+def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create the folder if needed and prove a file can be written there, before any work is done."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write there ({exc.strerror or type(exc).__name__})") from None
+    return path
+
+
+def all_finite(tensors: dict[str, torch.Tensor] | Any) -> bool:
+    """Whether every floating-point tensor of a state dict (or an iterable of tensors) is finite."""
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    return all(bool(torch.isfinite(t).all()) for t in values
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def repo_relative(path: str | Path) -> str:
+    """A path relative to the repository when inside it, so committed JSON holds no machine-specific paths."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
