@@ -184,3 +184,37 @@ def repo_relative(path: str | Path) -> str:
     """A path relative to the repository when inside it, so committed JSON holds no machine-specific paths."""
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def refuse_existing_run(out: str | Path, markers: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+    """Stop before a new run writes over an earlier one: a folder holding any of `markers` is a run.
+
+    --resume continues it; --overwrite starts afresh in it, which the user then asked for by name.
+    """
+    out = Path(out)
+    found = [m for m in markers if (out / m).exists()]
+    if found and not resume and not overwrite:
+        raise UserError(f"--out {out} already holds a run ({found[0]}); continue it with --resume, "
+                        f"start afresh there with --overwrite, or choose another --out")
+
+
+def memory_bytes() -> int:
+    """Memory this machine could still give a run (MemAvailable on Linux, else physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: let the allocation itself decide
+
+
+def check_fits(nbytes: float, what: str) -> None:
+    """Refuse a size whose tensors cannot fit in memory, naming the flag and the memory it needs."""
+    have = memory_bytes()
+    if nbytes > have:
+        raise UserError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory; "
+                        f"this machine has {have / 2**30:.1f} GiB available")
