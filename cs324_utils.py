@@ -10,9 +10,11 @@ import argparse
 import errno
 import json
 import os
+import platform
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -22,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random accept it too
 THREADS_MAX = 1024
+TORCH_THREADS = torch.get_num_threads()  # torch's own default, before any run changes it
 
 
 class UserError(Exception):
@@ -218,3 +221,69 @@ def check_fits(nbytes: float, what: str) -> None:
     if nbytes > have:
         raise UserError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory; "
                         f"this machine has {have / 2**30:.1f} GiB available")
+
+
+def machine_line() -> str:
+    """Processor, cores and torch version, for the header of a benchmark's output."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy seconds of all other processes, seconds of wall time x cores) so far, from /proc (Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    values = [int(v) for v in fields]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user time
+    mine = int(own[11]) + int(own[12])  # utime + stime of this process
+    return (total - idle - mine) / ticks, total / ticks
+
+
+def free_cores(seconds: float = 0.25) -> int | None:
+    """Cores that other processes left idle over a short sample, or None where /proc cannot tell."""
+    before = _cpu_times()
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _cpu_times()
+    if after is None or after[1] <= before[1]:
+        return None
+    cores = os.cpu_count() or 1
+    busy = cores * (after[0] - before[0]) / (after[1] - before[1])
+    return max(0, round(cores - busy))
+
+
+def set_threads(threads: int) -> tuple[int, str]:
+    """Apply --threads; 0 picks the cores free at start-up. Returns (threads used, how they were chosen).
+
+    torch's default, one thread per core, spin-waits for its partner threads between operations;
+    when another job holds a core, every operation waits for a descheduled thread and a run can
+    slow down tenfold. So a run takes only the cores that are idle when it starts (never more
+    than torch's default, which honours OMP_NUM_THREADS), and keeps that number to the end:
+    the thread count changes the rounding of some sums, so a seeded run repeats bit for bit only
+    with the same --threads.
+    """
+    check_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
+        return threads, "--threads"
+    default = TORCH_THREADS
+    free = free_cores() if default > 1 else None
+    if free is None:
+        torch.set_num_threads(default)
+        return default, "torch's default"
+    chosen = max(1, min(default, free))
+    torch.set_num_threads(chosen)
+    return chosen, f"{free} of {os.cpu_count()} cores idle at start"
