@@ -1,16 +1,21 @@
 """Milliseconds per LSTM training step (forward, backward, clipping, RMSprop) on this machine.
 
-Compares this repository's LSTM (hand-written backward through time with its CPU kernels (fused C cell,
-oneDNN matmuls), the same in PyTorch ops, and the same model under plain autograd) with the per-gate formulation most student code uses (eight nn.Linear calls a
-step) and with torch.nn.LSTM plus a linear head, all measured in the same run.
+Times this repository's LSTM with the variants lstm_kernel.py chose here, with each forced
+combination of its layers (cell: C or PyTorch ops; matmul: oneDNN or torch.mm), and under plain
+autograd; against the per-gate formulation most student code uses (eight nn.Linear calls a step)
+and torch.nn.LSTM plus a linear head. All in one run, interleaved, so a busy moment hits all alike.
+Then the per-step cost of each layer's variants on their own.
 
-    python bench.py                       # batch 128, hidden 128, input lengths 19 and 99
-    python bench.py --lengths 19 --steps 50
+    python bench.py                                    # batch 128, hidden 128, lengths 19 and 99
+    python bench.py --lengths 19 --steps 5 --rounds 1  # a quick look
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +28,9 @@ import lstm_kernel
 from lstm import LSTM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, pick_device
+from cs324_utils import OneLineParser, UserError, check_fits, pick_device, run_cli
+
+COMBOS = [(cell, matmul) for cell in lstm_kernel.LAYERS["cell"] for matmul in lstm_kernel.LAYERS["matmul"]]
 
 
 class PerGateLSTM(nn.Module):
@@ -58,119 +65,148 @@ class TorchLSTM(nn.Module):
         return self.head(self.lstm(x)[0][:, -1])
 
 
-def make_models(length: int, input_dim: int, hidden: int) -> dict[str, nn.Module]:
-    return {
-        "ours (hand BPTT)": LSTM(length, input_dim, hidden, 10),
-        "ours (BPTT, torch ops)": LSTM(length, input_dim, hidden, 10, cpu_kernels=False),
-        "ours (autograd)": LSTM(length, input_dim, hidden, 10, hand_bptt=False),
-        "per-gate nn.Linear": PerGateLSTM(input_dim, hidden, 10),
-        "torch.nn.LSTM": TorchLSTM(input_dim, hidden, 10),
-    }
+def cpu_model() -> str:
+    """The CPU's name, from lscpu or /proc/cpuinfo."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def median_us(fn, reps: int = 300) -> float:
-    """Median microseconds of fn() over reps calls, after a short warm-up."""
-    for _ in range(20):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e6 * statistics.median(times)
+def usable_combos() -> tuple[list[tuple[str, str]], list[str]]:
+    """The forced (cell, matmul) combinations this machine can run, and a note for each it cannot."""
+    lstm_kernel.load(), lstm_kernel.onednn_available()  # each records why, where it cannot run
+    why = lstm_kernel.describe()["fallbacks"]
+    missing = {"c": why.get("cell"), "onednn": why.get("matmul"), "torch": None, "mm": None}
+    ok = [(c, m) for c, m in COMBOS if not missing[c] and not missing[m]]
+    notes = [f"  ours, forced {c}+{m}: not run ({missing[c] or missing[m]})" for c, m in COMBOS if (c, m) not in ok]
+    return ok, notes
 
 
-def kernel_timings(batch: int, hidden: int) -> list[str]:
-    """Per-step costs on the CPU: the element-wise cell (C against PyTorch ops) and the W_h product."""
-    B, H = batch, hidden
-    gen = torch.Generator().manual_seed(0)
-    pre = torch.randn(B, 4 * H, generator=gen)
-    h_prev, c_prev = torch.randn(B, H, generator=gen), torch.randn(B, H, generator=gen)
-    W_h = torch.randn(4 * H, H, generator=gen) / H ** 0.5
-    gates, hw, c, tanh_c, h = pre.clone(), torch.zeros(B, 4 * H), torch.empty(B, H), torch.empty(B, H), torch.empty(B, H)
-
-    def cell_torch() -> None:
-        lstm_bptt.cell_forward(gates.copy_(pre), c_prev, c, tanh_c, h)
-
-    lines = [f"per-step costs at batch {B}, hidden {H} (microseconds, median):"]
-    if lstm_kernel.load() is not None:
-        def cell_c() -> None:
-            lstm_kernel.forward_step(gates.copy_(pre), hw, c_prev, c, tanh_c, h)
-
-        lines.append(f"  element-wise forward step: C cell {median_us(cell_c):.1f}, PyTorch ops {median_us(cell_torch):.1f} "
-                     f"(both include a {4 * B * H}-value copy that resets the input)")
-    times_W_h = lstm_kernel.linear(W_h, B)
-    backend = "oneDNN, packed W_h" if lstm_kernel.onednn_available() else "torch.mm (no oneDNN in this build)"
-    lines.append(f"  W_h h product: lstm_kernel.linear ({backend}) {median_us(lambda: times_W_h(h_prev)):.1f}, "
-                 f"torch.mm {median_us(lambda: h_prev @ W_h.t()):.1f}")
-    if lstm_kernel.onednn_available():  # twice a training step: W_h, and its transpose for the backward
-        fresh = median_us(lambda: torch.ops.mkldnn._reorder_linear_weight(W_h, B))
-        kept = median_us(lambda: lstm_kernel.linear(W_h, B))  # copies into the buffer packed above
-        lines.append(f"  packing W_h for oneDNN: from scratch {fresh:.1f}, into the kept buffer {kept:.1f}")
-    return lines
+def make_models(length: int, input_dim: int, hidden: int, chosen: str, combos: list[tuple[str, str]]
+                ) -> dict[str, tuple[nn.Module, tuple[str, str] | None]]:
+    """name -> (model, forced (cell, matmul) or None)."""
+    models = {f"ours, as chosen ({chosen})": (LSTM(length, input_dim, hidden, 10), None)}
+    for cell, matmul in combos:
+        models[f"ours, forced {cell}+{matmul}"] = (LSTM(length, input_dim, hidden, 10), (cell, matmul))
+    models["ours, autograd reference"] = (LSTM(length, input_dim, hidden, 10, hand_bptt=False), None)
+    models["per-gate nn.Linear"] = (PerGateLSTM(input_dim, hidden, 10), None)
+    models["torch.nn.LSTM"] = (TorchLSTM(input_dim, hidden, 10), None)
+    return models
 
 
-def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> float:
-    """Median milliseconds of one full training step."""
+def time_steps(model: nn.Module, force: tuple[str, str] | None, x: torch.Tensor, y: torch.Tensor, steps: int,
+               device: torch.device) -> float:
+    """Median milliseconds of one full training step, with the forced variants if any."""
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    with lstm_kernel.forcing(*force) if force else contextlib.nullcontext():
+        for _ in range(steps):
+            start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_length(length: int, args, device: torch.device, chosen: str, combos: list[tuple[str, str]]) -> list[str]:
+    """The table for one input length: best median over interleaved rounds, and ratios to nn.LSTM."""
+    x = torch.randn(args.batch_size, length, args.input_dim, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    models = make_models(length, args.input_dim, args.num_hidden, chosen, combos)
+    models = {k: (m.to(device), force) for k, (m, force) in models.items()}
+    for m, force in models.values():
+        time_steps(m, force, x, y, 3, device)  # warm-up
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(args.rounds):
+        for k, (m, force) in models.items():
+            best[k] = min(best[k], time_steps(m, force, x, y, args.steps, device))
+    ref, ours = best["torch.nn.LSTM"], next(iter(best))
+    lines = [f"input length {length}: ms per training step (forward+backward+clip+RMSprop)"]
+    lines += [f"  {k:<34} {ms:8.2f} ms   {ms / ref:5.2f}x torch.nn.LSTM" for k, ms in best.items()]
+    lines.append(f"  {ours} is {best['per-gate nn.Linear'] / best[ours]:.2f}x faster than per-gate nn.Linear")
+    return lines
+
+
+def layer_timings(batch: int, hidden: int, budget_s: float) -> list[str]:
+    """Each layer's variants on their own, interleaved, at this batch and hidden size (CPU only)."""
+    B, H = batch, hidden
+    cell, mm_forward, mm_backward = lstm_bptt.plan(B, H)
+    lines = [f"per-layer costs at batch {B}, hidden {H} (microseconds, median of interleaved calls):"]
+    for K, N, what in ((H, 4 * H, "forward h W_h^T"), (4 * H, H, "backward da W_h")):
+        if lstm_kernel.onednn_available():
+            us = lstm_kernel.time_interleaved(lstm_kernel.matmul_candidates(B, K, N), budget_s, 10_000)
+            lines.append(f"  matmul {B}x{K}x{N} ({what}): oneDNN {us['onednn']:.1f}, torch.mm {us['mm']:.1f}")
+    if lstm_kernel.load() is not None:
+        us = lstm_kernel.time_interleaved(lstm_bptt.cell_candidates(B, H, mm_forward, mm_backward), budget_s, 10_000)
+        T = lstm_bptt.CELL_TIMING_STEPS
+        lines.append(f"  cell, a {T}-step forward and backward pass ({mm_forward}/{mm_backward} products included): "
+                     f"C {us['c']:.1f}, PyTorch ops {us['torch']:.1f}")
+    if lstm_kernel.onednn_available():  # twice a training step: W_h, and its transpose for the backward
+        W_h = torch.randn(4 * H, H, generator=torch.Generator().manual_seed(0))
+        us = lstm_kernel.time_interleaved({
+            "fresh": lambda: torch.ops.mkldnn._reorder_linear_weight(W_h, B),  # PRIVATE operator
+            "kept": lambda: lstm_kernel.linear(W_h, B, "onednn"),  # copies into the buffer packed before
+        }, budget_s, 10_000)
+        lines.append(f"  packing W_h for oneDNN: from scratch {us['fresh']:.1f}, into the kept buffer {us['kept']:.1f}")
+    return lines
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[19, 99], help="input lengths (default: 19 99)")
     parser.add_argument("--batch_size", type=int, default=128, help="batch size (default: 128)")
     parser.add_argument("--num_hidden", type=int, default=128, help="hidden units (default: 128)")
     parser.add_argument("--input_dim", type=int, default=1, help="input size (default: 1)")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per model and round (default: 60)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept (default: 3)")
+    parser.add_argument("--layer_seconds", type=float, default=0.5,
+                        help="seconds spent timing each layer's variants on their own (default: 0.5)")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps (default: cpu)")
-    args = parser.parse_args()
-    try:
-        if min(args.lengths + [args.batch_size, args.num_hidden, args.input_dim, args.steps, args.rounds]) < 1:
-            raise UserError("--lengths, --batch_size, --num_hidden, --input_dim, --steps, --rounds must be >= 1")
-        device = pick_device(args.device)
-    except UserError as exc:
-        print(f"bench.py: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return parser.parse_args(argv)
 
+
+def run(args) -> None:
+    sizes = args.lengths + [args.batch_size, args.num_hidden, args.input_dim, args.steps, args.rounds]
+    if min(sizes) < 1:
+        raise UserError("--lengths, --batch_size, --num_hidden, --input_dim, --steps, --rounds must be >= 1")
+    if not 0 <= args.layer_seconds <= 60:
+        raise UserError(f"--layer_seconds must be from 0 to 60, got {args.layer_seconds}")
+    # The models' activations: about a dozen (T, B, H) float32 blocks each, eight models.
+    check_fits(8 * 12 * 4 * max(args.lengths) * args.batch_size * args.num_hidden,
+               "--lengths/--batch_size/--num_hidden")
+    device = pick_device(args.device)
+    lstm_kernel.check_environment()
     torch.manual_seed(0)
-    if device.type != "cpu":
-        c_cell = "PyTorch ops (the C cell is CPU only)"
-    else:
-        c_cell = "C cell built" if lstm_kernel.load() is not None else "no C compiler: PyTorch ops instead of the C cell"
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}; {c_cell}")
+    print(f"CPU {cpu_model()}; torch {torch.__version__}; device {device}, {torch.get_num_threads()} threads; "
+          f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}")
+    combos, notes = usable_combos() if device.type == "cpu" else ([], [])
+    info = lstm_kernel.describe(args.batch_size, args.num_hidden, device)
+    chosen = f"{info['cell']}+{info['matmul']}"
+    print(f"lstm_kernel chose cell {info['cell']} ({info['how']['cell']}), matmul {info['matmul']} "
+          f"({info['how']['matmul']}); its timings (us): {info['timings_us']}")
     for length in args.lengths:
-        x = torch.randn(args.batch_size, length, args.input_dim, device=device)
-        y = torch.randint(0, 10, (args.batch_size,), device=device)
-        models = {k: m.to(device) for k, m in make_models(length, args.input_dim, args.num_hidden).items()}
-        for m in models.values():
-            time_steps(m, x, y, 5, device)  # warm-up
-        # Interleave rounds so a busy moment on the machine hits every model alike; keep each best.
-        best = dict.fromkeys(models, float("inf"))
-        for _ in range(args.rounds):
-            for k, m in models.items():
-                best[k] = min(best[k], time_steps(m, x, y, args.steps, device))
-        ref = best["torch.nn.LSTM"]
-        print(f"\ninput length {length}: ms per training step (forward+backward+clip+RMSprop)")
-        for k, ms in best.items():
-            print(f"  {k:<22} {ms:7.2f} ms   {ms / ref:5.2f}x torch.nn.LSTM")
-        print(f"  ours (hand BPTT) is {best['per-gate nn.Linear'] / best['ours (hand BPTT)']:.2f}x faster "
-              f"than per-gate nn.Linear")
-    if device.type == "cpu":
-        print("\n" + "\n".join(kernel_timings(args.batch_size, args.num_hidden)))
+        print("\n" + "\n".join(bench_length(length, args, device, chosen, combos) + notes))
+    if device.type == "cpu" and args.layer_seconds > 0:
+        print("\n" + "\n".join(layer_timings(args.batch_size, args.num_hidden, args.layer_seconds)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run_cli("bench.py", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@
 with h_0 = c_0 = 0. Only the last step is classified; forward returns the logits p_T and the
 loss (cross-entropy) applies the softmax. The four gates are stacked in one matrix each, in
 the order g, i, f, o: W_x = [W_gx; W_ix; W_fx; W_ox] (4H, D), W_h likewise (4H, H), b (4H,).
+
+`LSTM.recurrence` below is these equations under autograd, step by step: the readable reference.
+By default (hand_bptt=True) a different implementation of the same arithmetic runs instead:
+lstm_bptt.py, with a hand-written backward through time and, on float32 CPU tensors, a fused C
+cell and oneDNN matmuls where they time faster (lstm_kernel.py). Tests hold it to the reference
+within float rounding. LSTM(..., hand_bptt=False) (train.py --lstm_impl reference) runs the
+reference itself.
 """
 from __future__ import annotations
 
@@ -24,6 +31,15 @@ from lstm_bptt import LSTMRecurrence
 
 
 class LSTM(nn.Module):
+    """Equations (1)-(8) with h_0 = c_0 = 0; forward returns the logits p_T.
+
+    hand_bptt=True (the default) does NOT run `recurrence` under autograd: it runs
+    lstm_bptt.LSTMRecurrence, the same arithmetic with a hand-written backward (faster, and on the
+    CPU with the variants lstm_kernel.py times as fastest; its backward runs once per forward).
+    hand_bptt=False runs `recurrence`, the reference. cpu_kernels=False keeps the hand-written
+    backward on plain PyTorch ops (no C cell, no oneDNN).
+    """
+
     def __init__(self, seq_length: int, input_dim: int, hidden_dim: int, output_dim: int,
                  forget_bias: float = 1.0, chrono: bool = False, hand_bptt: bool = True,
                  cpu_kernels: bool = True) -> None:
@@ -31,8 +47,7 @@ class LSTM(nn.Module):
         self.seq_length = seq_length
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
-        self.hand_bptt = hand_bptt  # False: plain autograd through `recurrence` (same numbers, slower)
-        # hand_bptt on a float32 CPU tensor: the fused C cell and oneDNN matmuls (lstm_kernel.py); False: PyTorch ops
+        self.hand_bptt = hand_bptt  # the default fast path, lstm_bptt.py; False: `recurrence` under autograd
         self.cpu_kernels = cpu_kernels
         H = hidden_dim
         self.W_x = nn.Parameter(torch.empty(4 * H, input_dim))

@@ -5,19 +5,25 @@ hidden 128 their bookkeeping costs more than the arithmetic. Here the forward ru
 equations without recording and keeps the activations, and the backward walks the steps in
 reverse with one matmul each; the weight gradients of all steps are one matmul each at the end.
 
-On float32 CPU tensors the element-wise work of a step (forward and backward) is one pass of a
-small C loop (lstm_cell.c via lstm_kernel.py); elsewhere, or without a C compiler, the same
-arithmetic runs as PyTorch ops. Memory matters as much as arithmetic at this size: the input
-projection is written straight into the gate buffer that each step then adds its matmul to,
-and the C backward overwrites that buffer with the gradients, so a training step touches one
-(T, B, 4H) block instead of three.
-Tested against the autograd reference, `LSTM.recurrence`, in tests/test_part1_models.py.
+On float32 CPU tensors each step's element-wise work can run as one pass of a small C loop
+(lstm_cell.c) and each step's product through oneDNN; lstm_kernel.py times these against the
+PyTorch ops on the machine at hand and keeps the faster (`plan`). Elsewhere the PyTorch ops run.
+Memory matters as much as arithmetic at this size: the input projection is written straight into
+the gate buffer that each step then adds its product to, and the C backward overwrites that
+buffer with the gradients, so a training step touches one (T, B, 4H) block instead of three.
+Tested against the autograd reference, `LSTM.recurrence`, in tests/test_part1_models.py, with
+every choice of variants.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from torch.autograd.function import once_differentiable
 
 import lstm_kernel
+
+CELL_TIMING_STEPS = 2  # steps per timed call when choosing the cell: one product each way, as in training
 
 
 def cell_forward(gates: torch.Tensor, c_prev: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor,
@@ -33,11 +39,77 @@ def cell_forward(gates: torch.Tensor, c_prev: torch.Tensor, c: torch.Tensor, tan
     torch.mul(tanh_c, o, out=h)                            # h = tanh(c)*o        (6)
 
 
+def forward_loop(gates: torch.Tensor, c: torch.Tensor, h: torch.Tensor, tanh_c: torch.Tensor, W_h: torch.Tensor,
+                 cell: str, matmul: str) -> None:
+    """Equations (1)-(6) for all steps. gates (T, B, 4H) holds W_x x_t + b and leaves holding g, i, f, o;
+    c, h (T + 1, B, H) with c[0] = h[0] = 0 and tanh_c (T, B, H) are filled in."""
+    T, B, H4 = gates.shape
+    times_W_h = lstm_kernel.linear(W_h, B, matmul)        # h -> W_h h, all four gates
+    if cell == "c":
+        hw = gates.new_zeros(B, H4)                        # W_h h_0 = 0
+        for t in range(T):
+            if t > 0:
+                hw = times_W_h(h[t])
+            # (1)-(6) in one pass over the step's numbers
+            lstm_kernel.forward_step(gates[t], hw, c[t], c[t + 1], tanh_c[t], h[t + 1])
+        return
+    W_hT = W_h.t()
+    for t in range(T):
+        if t > 0 and matmul == "mm":                       # h_0 = 0 adds nothing
+            gates[t].addmm_(h[t], W_hT)                    # + W_h h_{t-1}: all four gates, in place
+        elif t > 0:
+            gates[t] += times_W_h(h[t])
+        cell_forward(gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
+
+
+def backward_loop(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, W_h: torch.Tensor,
+                  grad_h: torch.Tensor, cell: str, matmul: str) -> torch.Tensor:
+    """dLoss/d(pre-activations) (T, B, 4H) from dLoss/dh_T; the "c" cell writes it over `gates`."""
+    times_W_h_t = lstm_kernel.linear(W_h.t(), gates.shape[1], matmul)  # da -> W_h^T da, to h_{t-1}
+    if cell == "c":
+        return _backward_c(gates, c, tanh_c, grad_h, times_W_h_t)
+    return _backward_torch(gates, c, tanh_c, grad_h, times_W_h_t)
+
+
+def plan(batch_size: int, hidden_dim: int) -> tuple[str, str, str]:
+    """(cell, forward matmul, backward matmul) for a float32 CPU recurrence: chosen once per shape."""
+    B, H = batch_size, hidden_dim
+    mm_forward = lstm_kernel.matmul_choice(B, H, 4 * H)   # h_{t-1} W_h^T
+    mm_backward = lstm_kernel.matmul_choice(B, 4 * H, H)  # da_t W_h
+    cell = lstm_kernel.decide("cell", (B, H), lambda: cell_candidates(B, H, mm_forward, mm_backward))
+    return cell, mm_forward, mm_backward
+
+
+def cell_candidates(batch_size: int, hidden_dim: int, mm_forward: str, mm_backward: str
+                    ) -> dict[str, Callable[[], object]]:
+    """A short forward and backward pass with each cell, as training runs them, on inputs from a
+    private generator (the global RNG, and so seeded training, stays untouched)."""
+    T, B, H = CELL_TIMING_STEPS, batch_size, hidden_dim
+    rng = torch.Generator().manual_seed(0)
+    pre = torch.randn(T, B, 4 * H, generator=rng)
+    W_h = torch.randn(4 * H, H, generator=rng) / H ** 0.5
+    grad_h = torch.randn(B, H, generator=rng)
+    gates, tanh_c = torch.empty_like(pre), torch.empty(T, B, H)
+    c, h = torch.zeros(T + 1, B, H), torch.zeros(T + 1, B, H)
+
+    def run(cell: str) -> Callable[[], object]:
+        def forward_backward() -> torch.Tensor:
+            gates.copy_(pre)
+            forward_loop(gates, c, h, tanh_c, W_h, cell, mm_forward)
+            return backward_loop(gates, c, tanh_c, W_h, grad_h, cell, mm_backward)
+        return forward_backward
+    return {cell: run(cell) for cell in lstm_kernel.LAYERS["cell"]}
+
+
 class LSTMRecurrence(torch.autograd.Function):
     """h_T (B, H) from inputs x (T, B, D) and weights W_x (4H, D), b (4H,), W_h (4H, H); h_0 = c_0 = 0.
 
     Gate order along 4H is g, i, f, o, as in the assignment's equations (1)-(4).
-    cpu_kernels=False keeps to PyTorch ops even where the C kernel could run (for comparisons).
+    cpu_kernels=False keeps to PyTorch ops even where lstm_kernel's variants could run (for comparisons).
+    The backward cannot itself be differentiated (once_differentiable). On float32 CPU tensors with
+    cpu_kernels it also runs once per forward (no retain_graph): the C cell's backward reuses the
+    activations' memory, and both cells keep that contract there, so that code behaves alike
+    whichever cell the timing picks. LSTM(..., hand_bptt=False) has neither limit.
     """
 
     @staticmethod
@@ -50,42 +122,25 @@ class LSTMRecurrence(torch.autograd.Function):
         c = x.new_zeros(T + 1, B, H)                       # c[0] = c_0 = 0
         h = x.new_zeros(T + 1, B, H)                       # h[0] = h_0 = 0
         tanh_c = x.new_empty(T, B, H)
-        ctx.use_c = cpu_kernels and lstm_kernel.usable(gates)
-        if ctx.use_c:
-            times_W_h = lstm_kernel.linear(W_h, B)         # h -> W_h h, all four gates
-            hw = gates.new_zeros(B, 4 * H)                 # W_h h_0 = 0
-            for t in range(T):
-                if t > 0:
-                    hw = times_W_h(h[t])
-                # (1)-(6) in one pass over the step's numbers
-                lstm_kernel.forward_step(gates[t], hw, c[t], c[t + 1], tanh_c[t], h[t + 1])
-            return LSTMRecurrence._finish_forward(ctx, x, W_x, W_h, gates, c, h, tanh_c)
-        W_hT = W_h.t()
-        for t in range(T):
-            if t > 0:  # h_0 = 0 adds nothing
-                gates[t].addmm_(h[t], W_hT)                # + W_h h_{t-1}: all four gates, in place
-            cell_forward(gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
-        return LSTMRecurrence._finish_forward(ctx, x, W_x, W_h, gates, c, h, tanh_c)
-
-    @staticmethod
-    def _finish_forward(ctx, x: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, gates: torch.Tensor,
-                        c: torch.Tensor, h: torch.Tensor, tanh_c: torch.Tensor) -> torch.Tensor:
+        ctx.once = cpu_kernels and lstm_kernel.applies(gates)
+        cell, mm_forward, ctx.mm_backward = plan(B, H) if ctx.once else ("torch", "mm", "mm")
+        forward_loop(gates, c, h, tanh_c, W_h, cell, mm_forward)
+        ctx.cell = cell
         ctx.save_for_backward(x, W_x, W_h, gates, c, h, tanh_c)
-        ctx.gates_consumed = False
+        ctx.backward_done = False
         return h[-1].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_h: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.once and ctx.backward_done:
+            raise RuntimeError("LSTM hand-written backward: on float32 CPU tensors it runs once per forward (its "
+                               "activations' memory is reused), so no retain_graph; build the LSTM with "
+                               "hand_bptt=False (or cpu_kernels=False) for that")
+        ctx.backward_done = True
         x, W_x, W_h, gates, c, h, tanh_c = ctx.saved_tensors
         T, B, H4 = gates.shape
-        if ctx.use_c:
-            if ctx.gates_consumed:
-                raise RuntimeError("LSTM fast path: the C backward reuses its activations' memory, so it runs once "
-                                   "per forward (no retain_graph); build the LSTM with cpu_kernels=False for that")
-            ctx.gates_consumed = True
-            grad_a = LSTMRecurrence._backward_c(W_h, gates, c, tanh_c, grad_h)
-        else:
-            grad_a = LSTMRecurrence._backward_torch(W_h, gates, c, tanh_c, grad_h)
+        grad_a = backward_loop(gates, c, tanh_c, W_h, grad_h.contiguous(), ctx.cell, ctx.mm_backward)
         grad_a = grad_a.view(T * B, H4)                    # dLoss/d(pre-activations), all steps
         need = ctx.needs_input_grad
         # The weight gradients of all steps in one matmul each: sum_t da_t^T h_{t-1}, sum_t da_t^T x_t.
@@ -96,50 +151,49 @@ class LSTMRecurrence(torch.autograd.Function):
         grad_W_h = grad_a[B:].t() @ h[1:T].reshape((T - 1) * B, H4 // 4) if need[3] else None
         return grad_x, grad_W_x, grad_b, grad_W_h, None
 
-    @staticmethod
-    def _backward_c(W_h: torch.Tensor, gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor,
-                    grad_h: torch.Tensor) -> torch.Tensor:
-        """dLoss/d(pre-activations) (T, B, 4H), written over `gates`; one kernel call and one matmul a step."""
-        T, B = gates.shape[:2]
-        times_W_h_t = lstm_kernel.linear(W_h.t(), B)       # da -> W_h^T da
-        dh = grad_h.contiguous()
-        dc = torch.zeros_like(dh)                          # updated in place by the kernel
-        for t in range(T - 1, -1, -1):
-            lstm_kernel.backward_step(gates[t], c[t], tanh_c[t], dh, dc)
-            if t > 0:
-                dh = times_W_h_t(gates[t])                 # to h_{t-1}
-        return gates
 
-    @staticmethod
-    def _backward_torch(W_h: torch.Tensor, gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor,
-                        grad_h: torch.Tensor) -> torch.Tensor:
-        """The same as _backward_c with PyTorch ops, for any device and dtype."""
-        T, B, H4 = gates.shape
-        H = H4 // 4
-        g, i, f, o = gates.chunk(4, dim=2)                 # each (T, B, H)
-        # Chain-rule factors that do not depend on the incoming gradient, for all steps at once:
-        #   da_g = dc * i * (1 - g^2)        da_i = dc * g * i(1 - i)
-        #   da_f = dc * c_prev * f(1 - f)    da_o = dh * tanh(c) * o(1 - o)
-        #   dc  += dh * o * (1 - tanh(c)^2)  (through h = tanh(c) * o)
-        # Written into one buffer with few temporaries: at T = 99 these are 6.5 MB each.
-        k = torch.empty_like(gates)
-        k_g, k_i, k_f, k_o = k.chunk(4, dim=2)
-        sig = gates[..., H:]                               # i, f, o side by side
-        torch.mul(sig, 1 - sig, out=k[..., H:])            # sigmoid' for the three at once
-        k_i.mul_(g)
-        k_f.mul_(c[:-1])
-        k_o.mul_(tanh_c)
-        torch.mul(g, g, out=k_g).neg_().add_(1).mul_(i)
-        k_c = 1 - tanh_c * tanh_c
-        k_c.mul_(o)
-        k = k.view(T, B, 4, H)
-        grad_a = torch.empty_like(k)                       # dLoss/d(pre-activation), per step
-        dh = grad_h.contiguous()
-        dc = torch.zeros_like(dh)
-        for t in range(T - 1, -1, -1):
-            dc.addcmul_(dh, k_c[t])
-            torch.mul(dc.unsqueeze(1), k[t, :, :3], out=grad_a[t, :, :3])  # g, i, f
-            torch.mul(dh, k[t, :, 3], out=grad_a[t, :, 3])                 # o
-            dh = grad_a[t].view(B, H4) @ W_h               # to h_{t-1}
-            dc = dc * f[t]                                 # to c_{t-1}
-        return grad_a.view(T, B, H4)
+def _backward_c(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
+                times_W_h_t: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """dLoss/d(pre-activations) (T, B, 4H), written over `gates`; one kernel call and one product a step."""
+    T = gates.shape[0]
+    dh = grad_h
+    dc = torch.zeros_like(dh)                              # updated in place by the kernel
+    for t in range(T - 1, -1, -1):
+        lstm_kernel.backward_step(gates[t], c[t], tanh_c[t], dh, dc)
+        if t > 0:
+            dh = times_W_h_t(gates[t])                     # to h_{t-1}
+    return gates
+
+
+def _backward_torch(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
+                    times_W_h_t: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The same as _backward_c with PyTorch ops, for any device and dtype; `gates` is left as it was."""
+    T, B, H4 = gates.shape
+    H = H4 // 4
+    g, i, f, o = gates.chunk(4, dim=2)                     # each (T, B, H)
+    # Chain-rule factors that do not depend on the incoming gradient, for all steps at once:
+    #   da_g = dc * i * (1 - g^2)        da_i = dc * g * i(1 - i)
+    #   da_f = dc * c_prev * f(1 - f)    da_o = dh * tanh(c) * o(1 - o)
+    #   dc  += dh * o * (1 - tanh(c)^2)  (through h = tanh(c) * o)
+    # Written into one buffer with few temporaries: at T = 99 these are 6.5 MB each.
+    k = torch.empty_like(gates)
+    k_g, k_i, k_f, k_o = k.chunk(4, dim=2)
+    sig = gates[..., H:]                                   # i, f, o side by side
+    torch.mul(sig, 1 - sig, out=k[..., H:])                # sigmoid' for the three at once
+    k_i.mul_(g)
+    k_f.mul_(c[:-1])
+    k_o.mul_(tanh_c)
+    torch.mul(g, g, out=k_g).neg_().add_(1).mul_(i)
+    k_c = 1 - tanh_c * tanh_c
+    k_c.mul_(o)
+    k = k.view(T, B, 4, H)
+    grad_a = torch.empty_like(k)                           # dLoss/d(pre-activation), per step
+    dh = grad_h
+    dc = torch.zeros_like(dh)
+    for t in range(T - 1, -1, -1):
+        dc.addcmul_(dh, k_c[t])
+        torch.mul(dc.unsqueeze(1), k[t, :, :3], out=grad_a[t, :, :3])  # g, i, f
+        torch.mul(dh, k[t, :, 3], out=grad_a[t, :, 3])                 # o
+        dh = times_W_h_t(grad_a[t].view(B, H4))            # to h_{t-1}
+        dc = dc * f[t]                                     # to c_{t-1}
+    return grad_a.view(T, B, H4)

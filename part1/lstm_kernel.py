@@ -1,20 +1,48 @@
-"""CPU kernels of the LSTM fast path: the fused element-wise step of lstm_cell.c (compiled on first
-use, called through ctypes) and oneDNN matmuls with a pre-packed weight.
+"""CPU layers of the LSTM fast path, and the choice between them on the machine at hand.
 
-The C file has no dependencies, so building it takes a fraction of a second with any C compiler
-(`cc`, or $CC). Where there is none, or the build fails, `load()` returns None and lstm_bptt.py
-does the same arithmetic with PyTorch ops: same results, slower on the CPU.
-The kernel is float32 and CPU only; other devices and dtypes always take the PyTorch ops.
+Two layers, each with a fast variant and a plain PyTorch one that computes the same numbers:
+
+  cell    "c":      the fused element-wise step of lstm_cell.c, compiled with the system's C
+                    compiler (`cc`, or $CC) on first use and called through ctypes;
+          "torch":  the same arithmetic as PyTorch ops (lstm_bptt.cell_forward, _backward_torch).
+  matmul  "onednn": each step's product with W_h through oneDNN with W_h packed in oneDNN's layout,
+                    via PRIVATE PyTorch operators (torch.ops.mkldnn._reorder_linear_weight and
+                    _linear_pointwise: no stability promise; tested with torch 2.11 and 2.14.1);
+          "mm":     torch.mm (MKL or OpenBLAS).
+
+Which variant wins depends on the CPU and the thread count. On an AMD EPYC with two threads oneDNN
+took 57 us a product against 100 us for torch.mm (with one thread, about the same), while on an
+Intel Xeon with AMX torch.mm took 79 us against oneDNN's 105 us; the C cell won on both (92 against
+105 us on the Xeon; half the training step at length 99 on the EPYC). So nothing is assumed: at
+first use for a shape, both variants are timed for a few milliseconds (interleaved, the median of
+several rounds, on inputs drawn from a private torch.Generator so the global RNG and thus seeded
+training are untouched) and the faster is kept for the rest of the process. `describe()` reports
+the choices, their timings and any fallback.
+
+A fast variant that cannot run (no C compiler, a failed build, the private operators missing or
+disagreeing with torch.mm) is reported once per process in one line on stderr, and the plain
+variant runs instead. Tensors that are not float32 on the CPU are not a fallback: they always take
+the PyTorch ops.
+
+Environment variables force a choice (for tests, benchmarks, and bitwise-repeatable runs, since two
+runs whose timings pick different variants agree only to float rounding):
+
+    CS324_LSTM_CELL=auto|c|torch        (default auto: timed)
+    CS324_LSTM_MATMUL=auto|onednn|mm    (default auto: timed)
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -26,56 +54,82 @@ FLAG_SETS = (["-march=native"], ["-mcpu=native"], [])
 COMMON = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-ffinite-math-only", "-fno-signed-zeros",
           "-shared", "-fPIC"]
 
+LAYERS = {"cell": ("c", "torch"), "matmul": ("onednn", "mm")}  # (fast variant, plain variant)
+ENV = {"cell": "CS324_LSTM_CELL", "matmul": "CS324_LSTM_MATMUL"}
+# What a fallback costs, measured with bench.py (batch 128, hidden 128) on an AMD EPYC: the cell
+# with one thread; oneDNN's 57 us against torch.mm's 100 us per product with two threads, alone.
+COST = {"cell": "the cell runs as PyTorch ops: training steps 1.3x (length 19) to 2.1x (length 99) slower "
+                "on an AMD EPYC (bench.py)",
+        "matmul": "the products run on torch.mm: from as fast to 1.75x slower per product, by CPU and "
+                  "threads (bench.py)"}
+TIMING_BUDGET_S = 0.004  # per decision; at least MIN_ROUNDS rounds whatever it costs
+MIN_ROUNDS, MAX_ROUNDS = 5, 40
+
 _lib: ctypes.CDLL | None = None
 _tried = False
 _onednn: bool | None = None
+_unavailable: dict[str, str] = {}        # layer -> why its fast variant cannot run
+_warned: set[str] = set()
+_decisions: dict[tuple[str, tuple[int, ...]], dict] = {}  # (layer, shape) -> {"choice", "us"}
+_override: dict[str, str] = {}           # set by forcing(); wins over the environment
 _packed: dict[tuple[int, int, int], torch.Tensor] = {}  # (N, K, batch size) -> a weight in oneDNN's layout
 
 
-def _build() -> ctypes.CDLL | None:
+# --- the C cell ---------------------------------------------------------------------------------
+
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    """The compiled cell, or None and the reason it could not be had."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
-        return None
+        return None, "no C compiler found: set CC"
     # A fresh folder per process: nothing cached can be stale or built for another CPU.
     out = Path(tempfile.mkdtemp(prefix="lstm_cell_")) / "lstm_cell.so"
-    for flags in FLAG_SETS:
-        cmd = [compiler, *COMMON, *flags, str(SOURCE), "-o", str(out), "-lm"]
+    try:
+        for flags in FLAG_SETS:
+            cmd = [compiler, *COMMON, *flags, str(SOURCE), "-o", str(out), "-lm"]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return None, f"cannot run {compiler}: {exc}"
+            if done.returncode == 0:
+                break
+        else:
+            first = (done.stderr.strip().splitlines() or ["no message"])[0][:160]
+            return None, f"{compiler} failed to build lstm_cell.c: {first}"
         try:
-            done = subprocess.run(cmd, capture_output=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if done.returncode == 0:
-            break
-    else:
-        return None
-    lib = ctypes.CDLL(str(out))
-    shutil.rmtree(out.parent, ignore_errors=True)  # once loaded, the file is no longer needed (POSIX)
+            lib = ctypes.CDLL(str(out))
+        except OSError as exc:
+            return None, f"the built lstm_cell.so does not load: {exc}"
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)  # once loaded, the file is no longer needed (POSIX)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.lstm_forward_step.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.lstm_backward_step.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = None
-    return lib
+    return lib, ""
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled kernel (built once per process), or None where it cannot be had."""
+    """The compiled cell (built once per process), or None where it cannot be had (see describe())."""
     global _lib, _tried
     if not _tried:
         _tried = True
-        _lib = _build()
+        _lib, reason = _build()
+        if _lib is None:
+            _unavailable["cell"] = reason
     return _lib
 
 
-def usable(t: torch.Tensor) -> bool:
-    """Whether the kernel can handle tensors like t (float32 on the CPU) and is available."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and load() is not None
+def applies(t: torch.Tensor) -> bool:
+    """Whether tensors like t (float32 on the CPU) are this module's to run; others take PyTorch ops."""
+    return t.device.type == "cpu" and t.dtype == torch.float32
 
 
 def forward_step(gates: torch.Tensor, hw: torch.Tensor, c_prev: torch.Tensor, c: torch.Tensor,
                  tanh_c: torch.Tensor, h: torch.Tensor) -> None:
     """gates (B, 4H): W_x x_t + b in, g, i, f, o out; hw (B, 4H) = W_h h_{t-1}; writes c, tanh(c), h (B, H).
 
-    All contiguous float32 on the CPU.
+    All contiguous float32 on the CPU; load() must have succeeded.
     """
     B, H = c.shape
     _lib.lstm_forward_step(B, H, gates.data_ptr(), hw.data_ptr(), c_prev.data_ptr(), c.data_ptr(),
@@ -90,53 +144,196 @@ def backward_step(gates: torch.Tensor, c_prev: torch.Tensor, tanh_c: torch.Tenso
                             dc.data_ptr())
 
 
+# --- oneDNN through private PyTorch operators ----------------------------------------------------
+
+def _onednn_probe() -> str:
+    """'' when the private operators work and agree with torch.mm, also after a new weight is copied
+    into a packed buffer; else why not."""
+    rng = torch.Generator().manual_seed(0)  # not the global stream: seeded training stays as it was
+    x = torch.randn(8, 16, generator=rng)
+    w, w2 = torch.randn(32, 16, generator=rng), torch.randn(32, 16, generator=rng)
+    try:
+        # PRIVATE operators (torch.ops.mkldnn.*); tested with torch 2.11 and 2.14.1.
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        packed.copy_(w2.to_mkldnn())
+        out2 = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    except Exception as exc:  # a missing or changed private operator fails in many ways; any one means "no"
+        first = (str(exc).splitlines() or [""])[0][:120]
+        return f"torch.ops.mkldnn fails in torch {torch.__version__}: {type(exc).__name__}: {first}"
+    agree = all(torch.allclose(got, x @ weight.t(), rtol=1e-5, atol=1e-5) for got, weight in ((out, w), (out2, w2)))
+    if not agree:
+        return f"torch.ops.mkldnn._linear_pointwise disagrees with torch.mm in torch {torch.__version__}"
+    return ""
+
+
 def onednn_available() -> bool:
-    """Whether this torch build has oneDNN's packed linear (x86 and Arm CPU builds) and it agrees with mm,
-    also after a new weight is copied into the packed buffer."""
+    """Whether the private oneDNN operators work here (checked once per process; see describe())."""
     global _onednn
     if _onednn is None:
-        try:
-            rng = torch.Generator().manual_seed(0)  # not the global stream: seeded training stays as it was
-            x = torch.randn(8, 16, generator=rng)
-            w, w2 = torch.randn(32, 16, generator=rng), torch.randn(32, 16, generator=rng)
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
-            out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-            packed.copy_(w2.to_mkldnn())
-            out2 = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-            _onednn = (torch.allclose(out, x @ w.t(), rtol=1e-5, atol=1e-5)
-                       and torch.allclose(out2, x @ w2.t(), rtol=1e-5, atol=1e-5))
-        except (AttributeError, RuntimeError):
-            _onednn = False
+        reason = _onednn_probe()
+        _onednn = not reason
+        if reason:
+            _unavailable["matmul"] = reason
     return _onednn
 
 
 def _pack(weight: torch.Tensor, batch_size: int) -> torch.Tensor:
     """weight (N, K) in oneDNN's layout for batches of batch_size rows, in a buffer kept per shape.
 
-    Packing from scratch (_reorder_linear_weight) costs several times more than copying into a
-    buffer that already has the layout (bench.py's last line times both). Each pack is used only
-    within the forward or backward pass that made it, so one buffer per shape is enough (for
-    one thread: two threads running LSTMs of the same size at once would need one each).
+    Packing from scratch costs several times more than copying into a buffer that already has the
+    layout (bench.py times both). Each pack is used only within the forward or backward pass that
+    made it, so one buffer per shape is enough (for one thread: two threads running LSTMs of the
+    same size at once would need one each).
     """
     key = (*weight.shape, batch_size)
     packed = _packed.get(key)
-    if packed is None:
+    if packed is None:  # PRIVATE operator; tested with torch 2.11 and 2.14.1
         packed = _packed[key] = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
     else:
         packed.copy_(weight.contiguous().to_mkldnn())
     return packed
 
 
-def linear(weight: torch.Tensor, batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (B, K) -> x @ weight.T for a fixed float32 CPU weight (N, K).
-
-    PyTorch sends float32 matmuls to MKL, which on some CPUs (AMD ones among them) is about half as
-    fast as oneDNN at these small shapes; torch.nn.LSTM itself runs on oneDNN. So the weight is
-    packed once into oneDNN's layout (once per forward or backward pass, not per step) and every
-    step's product goes through oneDNN, where this torch build has it; elsewhere, torch.mm.
-    """
-    if onednn_available():
+def linear(weight: torch.Tensor, batch_size: int, impl: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (batch_size, K) -> x @ weight.T for a fixed weight (N, K), through `impl` ("onednn" or "mm";
+    None: the choice for this shape). "onednn" packs the weight once here, not once per product."""
+    N, K = weight.shape
+    if impl is None:
+        impl = matmul_choice(batch_size, K, N)
+    if impl == "onednn":
         packed = _pack(weight, batch_size)
+        # PRIVATE operator; tested with torch 2.11 and 2.14.1
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     weight_t = weight.t()
     return lambda x: x @ weight_t
+
+
+# --- choosing the variants ----------------------------------------------------------------------
+
+def _setting_error(message: str) -> Exception:
+    # A UserError where the repository root is importable (every script here), so CLIs print one line.
+    try:
+        from cs324_utils import UserError
+    except ImportError:
+        return ValueError(message)
+    return UserError(message)
+
+
+def forced(layer: str) -> str:
+    """'auto' or the variant of `layer` that forcing() or the environment asks for."""
+    if layer in _override:
+        return _override[layer]
+    value = os.environ.get(ENV[layer], "auto").strip().lower() or "auto"
+    if value not in ("auto", *LAYERS[layer]):
+        raise _setting_error(f"{ENV[layer]} must be auto, {' or '.join(LAYERS[layer])}, got {value!r}")
+    return value
+
+
+def check_environment() -> None:
+    """Refuse a bad CS324_LSTM_* value now, at a script's door, rather than at the first forward."""
+    for layer in LAYERS:
+        forced(layer)
+
+
+@contextlib.contextmanager
+def forcing(cell: str = "auto", matmul: str = "auto") -> Iterator[None]:
+    """Within the block, use these variants ('auto': as the environment says) whatever was timed."""
+    for layer, value in (("cell", cell), ("matmul", matmul)):
+        if value not in ("auto", *LAYERS[layer]):
+            raise ValueError(f"forcing: {layer} must be auto, {' or '.join(LAYERS[layer])}, got {value!r}")
+    saved = dict(_override)
+    _override.update({k: v for k, v in (("cell", cell), ("matmul", matmul)) if v != "auto"})
+    try:
+        yield
+    finally:
+        _override.clear()
+        _override.update(saved)
+
+
+def _fast_available(layer: str) -> bool:
+    """Whether the fast variant can run; if not, says so once per process on stderr."""
+    ok = load() is not None if layer == "cell" else onednn_available()
+    if not ok and layer not in _warned:
+        _warned.add(layer)
+        name = "C cell" if layer == "cell" else "oneDNN matmul"
+        print(f"lstm fast path: {name} unavailable ({_unavailable[layer]}); {COST[layer]}", file=sys.stderr, flush=True)
+    return ok
+
+
+def time_interleaved(candidates: dict[str, Callable[[], object]], budget_s: float = TIMING_BUDGET_S,
+                     max_rounds: int = MAX_ROUNDS) -> dict[str, float]:
+    """Median microseconds of each candidate call, timed in alternating rounds so that a busy moment
+    on the machine hits all of them alike; at least MIN_ROUNDS rounds, then until budget_s is spent."""
+    for fn in candidates.values():
+        fn()  # warm-up: first calls allocate and pick kernels
+    times: dict[str, list[float]] = {k: [] for k in candidates}
+    names = list(candidates)
+    start = time.perf_counter()
+    for r in range(max_rounds):
+        for k in names if r % 2 == 0 else reversed(names):
+            t0 = time.perf_counter()
+            candidates[k]()
+            times[k].append(time.perf_counter() - t0)
+        if r + 1 >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
+            break
+    return {k: 1e6 * statistics.median(v) for k, v in times.items()}
+
+
+def decide(layer: str, shape: tuple[int, ...], make_candidates: Callable[[], dict[str, Callable[[], object]]]) -> str:
+    """The variant of `layer` to use at `shape`: forced, the plain one if the fast one cannot run,
+    else the faster of make_candidates() (one call of each variant), timed once and kept."""
+    want = forced(layer)
+    fast, plain = LAYERS[layer]
+    if want == plain or not _fast_available(layer):
+        return plain
+    if want == fast:
+        return fast
+    key = (layer, shape)
+    if key not in _decisions:
+        us = time_interleaved(make_candidates())
+        _decisions[key] = {"choice": min(us, key=us.get), "us": {k: round(v, 1) for k, v in us.items()}}
+    return _decisions[key]["choice"]
+
+
+def matmul_candidates(batch_size: int, K: int, N: int) -> dict[str, Callable[[], object]]:
+    """One product (batch_size, K) x (K, N) each way, on inputs from a private generator."""
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, K, generator=rng)
+    weight = torch.randn(N, K, generator=rng)
+    return {impl: (lambda f=linear(weight, batch_size, impl): f(x)) for impl in LAYERS["matmul"]}
+
+
+def matmul_choice(batch_size: int, K: int, N: int) -> str:
+    """'onednn' or 'mm' for products (batch_size, K) x (K, N) of float32 CPU tensors."""
+    return decide("matmul", (batch_size, K, N), lambda: matmul_candidates(batch_size, K, N))
+
+
+def describe(batch_size: int | None = None, hidden_dim: int | None = None,
+             device: str | torch.device = "cpu") -> dict:
+    """The fast path's variants for a run's log and metrics.json.
+
+    Given the batch and hidden sizes of a CPU run, first makes the choices its training steps will
+    make (kept, so training reuses them: a few milliseconds). Returns {"cell", "matmul"} (a variant,
+    "a+b" where shapes chose differently, or "undecided"), how each was chosen, the timings in
+    microseconds per shape, and the reason for each fallback.
+    """
+    if torch.device(device).type != "cpu":
+        return {"cell": "torch", "matmul": "mm", "how": {"cell": "not a CPU run", "matmul": "not a CPU run"},
+                "timings_us": {}, "fallbacks": {}}
+    if batch_size is not None and hidden_dim is not None:
+        import lstm_bptt  # here, not at the top: lstm_bptt imports this module
+        lstm_bptt.plan(batch_size, hidden_dim)
+    summary, how = {}, {}
+    for layer, (fast, plain) in LAYERS.items():
+        want = forced(layer)
+        if want == plain or (want == fast and _fast_available(layer)):
+            summary[layer], how[layer] = want, "forced" + ("" if layer in _override else f" by {ENV[layer]}")
+        elif layer in _unavailable:
+            summary[layer], how[layer] = plain, "fallback"
+        else:
+            chosen = sorted({d["choice"] for (lay, _), d in _decisions.items() if lay == layer})
+            summary[layer], how[layer] = "+".join(chosen) or "undecided", "timed"
+    timings = {f"{layer} {'x'.join(map(str, shape))}": d["us"] for (layer, shape), d in _decisions.items()}
+    return {**summary, "how": how, "timings_us": timings,
+            "fallbacks": dict(_unavailable)}

@@ -1,4 +1,5 @@
 """Part 1 models: equivalence with torch.nn.LSTM / nn.RNN, the hand-written backward, shapes."""
+import contextlib
 import shutil
 
 import pytest
@@ -10,9 +11,25 @@ from lstm import LSTM
 from lstm_bptt import LSTMRecurrence
 from vanilla_rnn import VanillaRNN
 
-# The three ways our LSTM can run: hand BPTT with the C cell, hand BPTT in PyTorch ops, autograd.
-PATHS = {"cpu_kernels": dict(hand_bptt=True, cpu_kernels=True), "torch_ops": dict(hand_bptt=True, cpu_kernels=False),
-         "autograd": dict(hand_bptt=False)}
+# The ways our LSTM can run: the hand-written backward with the variants timed as fastest here, with
+# each forced (cell, matmul) combination, on plain PyTorch ops (cpu_kernels=False), and the autograd
+# reference. Every path must give the same numbers, whichever variants a machine picks.
+FORCED = {f"{cell}+{matmul}": (cell, matmul) for cell in ("c", "torch") for matmul in ("onednn", "mm")}
+PATHS = {"timed": dict(hand_bptt=True), **{k: dict(hand_bptt=True) for k in FORCED},
+         "torch_ops": dict(hand_bptt=True, cpu_kernels=False), "autograd": dict(hand_bptt=False)}
+FAST_PATHS = [k for k in PATHS if k != "autograd"]
+
+
+@contextlib.contextmanager
+def running(path: str):
+    """Force the path's variants, or skip where one cannot run here (test_part1_kernels fails for that on CI)."""
+    cell, matmul = FORCED.get(path, ("auto", "auto"))
+    if cell == "c" and lstm_kernel.load() is None:
+        pytest.skip("the C cell is not available here")
+    if matmul == "onednn" and not lstm_kernel.onednn_available():
+        pytest.skip("oneDNN's private operators are not available here")
+    with lstm_kernel.forcing(cell, matmul):
+        yield
 
 # Our gates are stacked g, i, f, o (the assignment's order); torch.nn.LSTM stacks i, f, g, o.
 TORCH_ORDER = [1, 2, 0, 3]
@@ -43,11 +60,12 @@ def test_lstm_matches_torch_lstm(path):
     x = torch.randn(B, T, D)
     y = torch.randint(0, C, (B,))
 
-    out = ours(x)
+    with running(path):
+        out = ours(x)
+        nn.functional.cross_entropy(out, y).backward()
     ref_out = head(ref(x)[0][:, -1])
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
 
-    nn.functional.cross_entropy(out, y).backward()
     nn.functional.cross_entropy(ref_out, y).backward()
     g = grads(ours)
     torch.testing.assert_close(to_torch_order(g["W_x"]), ref.weight_ih_l0.grad, atol=1e-5, rtol=1e-5)
@@ -82,7 +100,7 @@ def test_rnn_matches_torch_rnn():
     torch.testing.assert_close(ours.W_ph.grad, head.weight.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["cpu_kernels", "torch_ops"])
+@pytest.mark.parametrize("path", FAST_PATHS)
 def test_hand_bptt_matches_autograd_reference(path):
     """The fast paths and the equation-by-equation autograd loop agree at a realistic size."""
     torch.manual_seed(1)
@@ -90,12 +108,13 @@ def test_hand_bptt_matches_autograd_reference(path):
     x = torch.randn(32, 30, 10, requires_grad=True)  # the input's gradient is checked too
     y = torch.randint(0, 10, (32,))
     results = []
-    for kw in (PATHS[path], PATHS["autograd"]):
-        vars(model).update(kw)
+    for p in (path, "autograd"):
+        vars(model).update(PATHS[p])
         model.zero_grad()
         x.grad = None
-        out = model(x)
-        nn.functional.cross_entropy(out, y).backward()
+        with running(p):
+            out = model(x)
+            nn.functional.cross_entropy(out, y).backward()
         results.append((out.detach(), {**grads(model), "x": x.grad.clone()}))
     (out_fast, g_fast), (out_ref, g_ref) = results
     torch.testing.assert_close(out_fast, out_ref, atol=1e-6, rtol=1e-5)
@@ -122,13 +141,16 @@ def test_c_cell_builds_and_handles_saturated_gates():
     torch.testing.assert_close(h, ref_c.tanh() * ref[:, 3 * H:], atol=1e-6, rtol=1e-5)
 
 
-def test_linear_refreshes_its_packed_weight():
+@pytest.mark.parametrize("impl", ["onednn", "mm", None])
+def test_linear_refreshes_its_packed_weight(impl):
     """lstm_kernel.linear keeps one packed buffer per shape: each call must pack the weight it is given."""
+    if impl == "onednn" and not lstm_kernel.onednn_available():
+        pytest.skip("oneDNN's private operators are not available here")
     torch.manual_seed(0)
     x = torch.randn(6, 8)
     for _ in range(3):  # the first call packs from scratch, the later ones copy into the same buffer
         w = torch.randn(12, 8)
-        torch.testing.assert_close(lstm_kernel.linear(w, 6)(x), x @ w.t(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lstm_kernel.linear(w, 6, impl)(x), x @ w.t(), atol=1e-5, rtol=1e-5)
 
 
 def test_length_one_gives_zero_recurrent_gradient():
@@ -174,12 +196,37 @@ def test_no_batch_size_or_device_in_model():
     assert "batch_size" not in vars(model)
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the LSTM runs on PyTorch ops")
-def test_c_cell_refuses_a_second_backward():
-    """The C backward overwrites its saved activations; a retained graph gets a clear error, not wrong numbers."""
-    model = LSTM(5, 1, 8, 10)
-    loss = model(torch.randn(4, 5)).sum()
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="cpu_kernels=False"):
-        loss.backward()
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_hand_bptt_refuses_a_second_backward(path):
+    """The C backward overwrites its saved activations, so a retained graph gets a clear error, not wrong
+    numbers; both cells keep that contract on float32 CPU tensors, so code behaves alike whichever cell
+    a machine's timing picks. cpu_kernels=False (like float64, or a GPU) allows it."""
+    model = LSTM(5, 1, 8, 10, **PATHS[path])
+    with running(path):
+        loss = model(torch.randn(4, 5)).sum()
+        loss.backward(retain_graph=True)
+        if path == "torch_ops":
+            loss.backward()
+            return
+        with pytest.raises(RuntimeError, match="hand_bptt=False"):
+            loss.backward()
 
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_hand_bptt_refuses_double_backward(path):
+    """The hand-written backward is once_differentiable: a gradient of a gradient fails with a clear message."""
+    model = LSTM(5, 1, 8, 10, **PATHS[path])
+    with running(path):
+        loss = model(torch.randn(4, 5)).square().sum()
+        (grad_W_h,) = torch.autograd.grad(loss, model.W_h, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            grad_W_h.sum().backward()
+
+
+def test_reference_allows_double_backward():
+    """hand_bptt=False, which the error messages point to, does what the fast path refuses."""
+    model = LSTM(5, 1, 8, 10, hand_bptt=False)
+    loss = model(torch.randn(4, 5)).square().sum()
+    (grad_W_h,) = torch.autograd.grad(loss, model.W_h, create_graph=True)
+    grad_W_h.sum().backward()
+    assert model.W_h.grad is not None and torch.isfinite(model.W_h.grad).all()
