@@ -1,14 +1,16 @@
-"""Fully connected GAN for MNIST: generator, discriminator and loading a saved generator."""
+"""Fully connected GAN for MNIST: generator, discriminator, and saving and loading a generator."""
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, atomic_save, safe_load
+from cs324_utils import UserError, all_finite, atomic_write, safe_load
 
 IMG_SHAPE = (1, 28, 28)
 IMG_PIXELS = 28 * 28
@@ -80,11 +82,38 @@ class Discriminator(nn.Module):
         return self.net(img.reshape(img.shape[0], -1)).squeeze(1)
 
 
+def parameter_count(latent_dim: int) -> tuple[int, int]:
+    """Parameters of Generator(latent_dim) and of Discriminator, counted without building them."""
+    widths = (128, 256, 512, 1024)
+    n_g = latent_dim * 128 + 128  # the first block: Linear with bias, no BatchNorm
+    n_g += sum(a * b + 2 * b for a, b in zip(widths, widths[1:]))  # Linear without bias, BatchNorm weight and bias
+    n_g += 1024 * IMG_PIXELS + IMG_PIXELS
+    n_d = IMG_PIXELS * 512 + 512 + 512 * 256 + 256 + 256 + 1
+    return n_g, n_d
+
+
 def save_generator(generator: Generator, path: str | Path, half: bool = False) -> None:
-    """Save generator weights alone (optionally float16, to keep committed files small)."""
+    """Save generator weights alone (optionally float16, to keep committed files small).
+
+    Weights that are not finite (a diverged run, or float16 overflow) are refused, not written.
+    """
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
              for k, v in generator.state_dict().items()}
-    atomic_save({"kind": "generator", "latent_dim": generator.latent_dim, "state_dict": state}, path)
+    if not all_finite(state):
+        raise UserError(f"generator weights are not finite{' in float16' if half else ''}; {path} not written")
+    save_atomically({"kind": "generator", "latent_dim": generator.latent_dim, "state_dict": state}, path)
+
+
+def save_atomically(obj: Any, path: str | Path) -> None:
+    """torch.save to memory, then cs324_utils.atomic_write of the bytes.
+
+    torch.save straight to a file reports a full disk or a file-size limit as a RuntimeError
+    ("unexpected pos ...") that names neither; a plain write of the bytes raises the OSError
+    that atomic_write turns into one line, and the old file stays as it was.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:

@@ -2,53 +2,67 @@
 
     cd part2 && python my_gan.py --n_epochs 200
     python part2/my_gan.py --n_epochs 1 --data_dir ../shared/mnist --out /tmp/gan1
+    python part2/my_gan.py --n_epochs 200 --resume        # continue the stopped run in the same --out
 
-Everything a run makes goes under --out (see README / the issue for the folder contract):
-config.json, checkpoint.pt, grids/iter_*.png, grid_{start,half,end}.png,
-generator_{start,half,end}.pt, losses.csv, losses.png.
+This file holds the config, the update (train_step) and the loop; run_folder.py writes what a run
+makes under --out: config.json, checkpoint.pt, grids/iter_*.png, grid_{start,half,end}.png,
+generator_{start,half,end}.pt, losses.csv and losses.png. A folder that already holds a run is
+continued with --resume or started afresh with --overwrite, never silently replaced.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
-import csv
 import importlib.util
 import math
 import shlex
-import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, atomic_save, atomic_write, pick_device, safe_load, set_seed, write_json
-from models import Discriminator, Generator, save_generator
-from sampling import generate
+from cs324_utils import (
+    OneLineParser,
+    UserError,
+    all_finite,
+    check_fits,
+    check_seed,
+    check_threads,
+    pick_device,
+    run_cli,
+    set_seed,
+)
+from models import Discriminator, Generator, parameter_count
+from run_folder import (
+    LOG_EVERY,
+    RunFolder,
+    TrainingDiverged,
+    TrainingInterrupted,
+    get_rng_state,
+    set_rng_state,
+    stop_on_sigint,
+    tensors_in,
+)
 
 HERE = Path(__file__).resolve().parent
 
 PROG = "my_gan.py"
-LOG_EVERY = 50  # iterations averaged into one row of losses.csv (and one progress-bar update of the losses)
 N_SAMPLES = 25  # the 5x5 grid
-CSV_HEADER = ["iteration", "epoch", "loss_d", "loss_g", "d_real", "d_fake"]
-# A resumed run must train the same problem; --n_epochs, --save_interval, --device, --out may change.
-RESUME_MUST_MATCH = ("latent_dim", "batch_size", "lr", "precision", "d_dropout", "label_smoothing", "ema", "lr_decay")
+# A resumed run must train the same problem on the same data: --resume refuses other values of these.
+RESUME_MUST_MATCH = ("latent_dim", "batch_size", "lr", "precision", "d_dropout", "label_smoothing", "ema", "lr_decay",
+                     "seed", "data_dir")
+# These may change on --resume; the new values are used and recorded in config.json and the checkpoint.
+# Raising n_epochs stretches the --lr_decay schedule; threads and device may change float rounding.
+RESUME_HONOURED = ("n_epochs", "save_interval", "out", "device", "threads", "download", "eval_scores", "resume",
+                   "overwrite")
 BN_REFRESH_BATCHES, BN_REFRESH_SIZE = 4, 512  # latents that set the averaged generator's BatchNorm statistics
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C during training: the checkpoint has been saved; the CLI exits 130."""
-
-
-class TrainingDiverged(Exception):
-    """A loss became NaN or inf; the last good checkpoint is kept; the CLI exits 1."""
 
 
 @dataclass
@@ -74,7 +88,8 @@ class Config:
     ema: float = 0.999  # decay of the weight average of G that grids and saved generators use; 0: off
     lr_decay: str = "linear"  # constant for the first half, then down to 0 at the last iteration; "none": constant
     threads: int = 0  # 0: torch's default (one per core)
-    resume: bool = False
+    resume: bool = False  # continue the run in `out` from its checkpoint
+    overwrite: bool = False  # start afresh in an `out` that holds an earlier run, deleting its outputs
     eval_scores: bool = False
     download: bool = True
 
@@ -86,8 +101,8 @@ class Config:
                 raise UserError(f"--{name} must be a positive integer, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive number, got {self.lr!r}")
-        if not isinstance(self.threads, int) or self.threads < 0:
-            raise UserError(f"--threads must be 0 (torch's default) or a positive integer, got {self.threads!r}")
+        check_seed(self.seed)
+        check_threads(self.threads)
         for name in ("d_dropout", "label_smoothing", "ema"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
@@ -96,9 +111,8 @@ class Config:
             raise UserError(f"--lr_decay must be none or linear, got {self.lr_decay!r}")
         if self.precision not in ("bf16", "fp32"):
             raise UserError(f"--precision must be bf16 or fp32, got {self.precision!r}")
-        if self.eval_scores and importlib.util.find_spec("evaluate") is None:
-            # Checked now rather than after hours of training.
-            raise UserError("--eval_scores: part2/evaluate.py (score_run) is not available")
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues the run in --out and --overwrite starts afresh there; pass one")
 
 
 # ----------------------------------------------------------------------------- the update
@@ -106,7 +120,7 @@ class Config:
 
 def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast: Callable[[], Any],
-               real_label: float = 1.0, mark: Callable[[str], None] = lambda phase: None) -> torch.Tensor:
+               real_label: float = 1.0) -> torch.Tensor:
     """One update of D, then one of G, on a batch of real images (B, 1, 28, 28).
 
     real_label < 1 is one-sided label smoothing: D is asked for that probability on real images,
@@ -115,13 +129,11 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     Returns the detached tensor [loss_d, loss_g, d_real, d_fake] (no host sync, so the loop
     never waits on the device). One generator forward serves both updates: D sees it detached,
     then G backpropagates through the same graph (G's weights have not changed in between).
-    mark(phase) is called as each phase ends (bench_gan.py times them; a no-op otherwise).
     """
     b = real.shape[0]
     z = torch.randn(b, generator.latent_dim, device=real.device)  # (B, latent)
     with autocast():
         fake = generator(z)  # (B, 1, 28, 28)
-        mark("G forward")
         # D has no BatchNorm, so real and fake can share one forward (one larger matmul per layer).
         logits = discriminator(torch.cat([real.to(fake.dtype), fake.detach()])).float()  # (2B,)
     target = torch.cat([torch.full((b,), real_label, device=real.device), torch.zeros(b, device=real.device)])
@@ -129,9 +141,7 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     loss_d = F.binary_cross_entropy_with_logits(logits, target)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
-    mark("D step: D forward and backward")
     opt_d.step()
-    mark("Adam D")
 
     # D's weight gradients in the G step would be thrown away (zeroed before D's next update): skip them.
     discriminator.requires_grad_(False)
@@ -143,9 +153,7 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     loss_g = F.binary_cross_entropy_with_logits(logits_gen, torch.ones(b, device=real.device))
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
-    mark("G step: D forward, backward through D and G")
     opt_g.step()
-    mark("Adam G")
     discriminator.requires_grad_(True)
 
     with torch.no_grad():
@@ -242,323 +250,320 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, Callab
     return "bf16", lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-# ----------------------------------------------------------------------------- outputs
+# ----------------------------------------------------------------------------- a run in progress
 
 
-def save_grid(generator: Generator, fixed_noise: torch.Tensor, path: Path) -> None:
-    """5x5 grid from the fixed noise, generator in eval mode (BatchNorm running stats), fp32."""
-    from torchvision.utils import save_image  # torchvision's import is slow; only needed here
+@dataclass
+class Run:
+    """A run in progress: what setup_run builds and train_epoch advances."""
 
-    images = generate(generator, fixed_noise)  # (25, 1, 28, 28), eval mode, mode restored
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, str(path), nrow=5, normalize=True, value_range=(-1, 1))
+    config: Config
+    device: torch.device
+    folder: RunFolder
+    images: torch.Tensor  # (N, 1, 28, 28) in [-1, 1], on the device
+    generator: Generator
+    discriminator: Discriminator
+    ema: Generator | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    precision: str  # the one actually used (resolve_precision)
+    autocast: Callable[[], Any]
+    shuffle_gen: torch.Generator  # its own stream: shuffling never shifts the noise
+    fixed_noise: torch.Tensor  # (25, latent_dim): every grid of a run shows these latents
+    scorer: Callable[..., dict] | None = None  # evaluate.score_run with --eval_scores
+    start_epoch: int = 0
+    skip_batches: int = 0  # updates already done in start_epoch (a resume from mid-epoch)
+    iteration: int = 0  # updates done
+    window: list[torch.Tensor] = field(default_factory=list)  # train_step's stats since the last CSV row
+    bar: Any = None  # the progress bar while the loop runs
+
+    @property
+    def n_train(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def iters_per_epoch(self) -> int:
+        # The last partial batch is dropped (like drop_last=True): every update sees batch_size images,
+        # and each epoch's shuffle puts different images in the dropped tail.
+        return self.n_train // self.config.batch_size
+
+    @property
+    def total_iters(self) -> int:
+        return self.config.n_epochs * self.iters_per_epoch
+
+    @property
+    def half_iter(self) -> int:
+        return self.total_iters // 2
+
+    def sampler(self) -> Generator:
+        """The generator that grids and saved files show: the weight average when --ema is on."""
+        return self.generator if self.ema is None else refresh_bn_stats(self.ema, self.config.seed)
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        epoch = max(self.iteration - 1, 0) // self.iters_per_epoch
+        return self.folder.diverged(what, self.iteration, epoch)
 
 
-def plot_losses(csv_path: Path, png_path: Path) -> None:
-    """Loss curves and mean D outputs from losses.csv, written atomically."""
-    # A bare Figure needs no pyplot backend: no display, and no backend switched under a notebook.
-    from matplotlib.figure import Figure
+def check_memory(config: Config, device: torch.device) -> None:
+    """Refuse a --latent_dim or --batch_size whose models or activations cannot fit (rough upper estimates)."""
+    n_g, n_d = parameter_count(config.latent_dim)
+    # float32 weights, gradients and two Adam moments of both networks, plus G's average and its bf16 copy.
+    models = 4 * (6 * n_g + 4 * n_d)
+    # Per image: z, G's and D's activations (D sees 2B images, then B again) and their gradients.
+    per_image = 4 * 2 * (config.latent_dim + 20_000)
+    batch = max(config.batch_size, BN_REFRESH_SIZE)
+    fits(models, f"--latent_dim {config.latent_dim}", device)
+    fits(models + batch * per_image, f"--batch_size {config.batch_size} with --latent_dim {config.latent_dim}", device)
 
-    rows = read_csv_rows(csv_path)
-    if not rows:
+
+def fits(nbytes: float, what: str, device: torch.device) -> None:
+    """cs324_utils.check_fits against the GPU's free memory on CUDA, the machine's memory elsewhere."""
+    if device.type != "cuda":
+        check_fits(nbytes, what)
         return
-    it = [int(r["iteration"]) for r in rows]
-    fig = Figure(figsize=(11, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(it, [float(r["loss_d"]) for r in rows], label="D loss")
-    ax1.plot(it, [float(r["loss_g"]) for r in rows], label="G loss (non-saturating)")
-    ax1.set_xlabel("iteration")
-    ax1.set_ylabel(f"BCE (mean over {LOG_EVERY} iterations)")
-    ax1.legend()
-    ax2.plot(it, [float(r["d_real"]) for r in rows], label="D(x)")
-    ax2.plot(it, [float(r["d_fake"]) for r in rows], label="D(G(z))")
-    ax2.set_xlabel("iteration")
-    ax2.set_ylabel("mean sigmoid output")
-    ax2.set_ylim(0, 1)
-    ax2.legend()
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes > free:
+        raise UserError(f"{what} needs about {nbytes / 2**30:.1f} GiB of GPU memory; "
+                        f"{device} has {free / 2**30:.1f} GiB free")
 
 
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of losses.csv as dicts (empty when the file is missing)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def load_scorer() -> Callable[..., dict]:
+    """score_run of part2/evaluate.py, imported by its path: no other module named evaluate can stand in."""
+    path = HERE / "evaluate.py"
+    name = "part2_evaluate"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise UserError(f"--eval_scores: {path} (score_run) is not available")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name].score_run
 
 
-def truncate_csv(path: Path, last_iteration: int) -> None:
-    """Drop rows logged after the checkpoint (a run killed mid-epoch logged beyond it)."""
-    rows = [r for r in read_csv_rows(path) if int(r["iteration"]) <= last_iteration]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_HEADER)
-        writer.writeheader()
-        writer.writerows(rows)
+def load_images(config: Config, device: torch.device) -> torch.Tensor:
+    """The MNIST training images (N, 1, 28, 28) in [-1, 1], on the device."""
+    from mnist_data import load_mnist  # torchvision import; after the cheap checks
+
+    images, _ = load_mnist(config.data_dir, train=True, download=config.download)
+    if config.batch_size > images.shape[0]:
+        raise UserError(f"--batch_size {config.batch_size} is larger than the training set ({images.shape[0]} images)")
+    # The whole set lives on the device (188 MB as float32): a batch is one gather, no DataLoader.
+    return images.to(device)
 
 
-@contextlib.contextmanager
-def stop_on_sigint() -> Iterator[dict[str, bool]]:
-    """Turn the first Ctrl-C into a flag that the loop checks between updates.
+def build_run(config: Config, device: torch.device, folder: RunFolder, images: torch.Tensor) -> Run:
+    """Models, optimisers and noise from the seed, in this order, so a seeded run is the same wherever it is built."""
+    set_seed(config.seed)
+    generator, discriminator, ema = build_models(config, device)
+    opt_g, opt_d = make_optimizers(generator, discriminator, config.lr, device)
+    precision, autocast = resolve_precision(config.precision, device)
+    shuffle_gen = torch.Generator().manual_seed(config.seed)
+    fixed_noise = torch.randn(N_SAMPLES, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
+    return Run(config, device, folder, images, generator, discriminator, ema, opt_g, opt_d, precision, autocast,
+               shuffle_gen, fixed_noise)
 
-    An exception raised inside an update could leave D updated and G not; stopping between
-    updates makes the saved checkpoint exact. A second Ctrl-C interrupts at once.
-    """
-    flag = {"stop": False}
 
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Continue from a checkpoint: weights, optimiser moments, noise, RNG streams and the place in the schedule."""
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C behaves as usual
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        run.generator.load_state_dict(ckpt["generator"])
+        run.discriminator.load_state_dict(ckpt["discriminator"])
+        run.opt_g.load_state_dict(ckpt["opt_g"])
+        run.opt_d.load_state_dict(ckpt["opt_d"])
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt["generator_ema"])
+        run.shuffle_gen.set_state(ckpt["rng"]["shuffle"])
+        set_rng_state(ckpt["rng"], run.device)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise UserError(f"--resume: {run.folder.checkpoint} does not fit this run "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    run.fixed_noise = ckpt["fixed_noise"]
+    run.start_epoch, run.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+    run.skip_batches = int(ckpt.get("batch_in_epoch", 0))
+    if run.iteration > run.half_iter and ckpt["config"].get("n_epochs") != run.config.n_epochs:
+        print(f"{PROG}: note: the new halfway point (iteration {run.half_iter}) has already passed; "
+              f"grid_half.png stays the one of the earlier schedule")
 
 
-# ----------------------------------------------------------------------------- training
+def setup_run(config: Config, command: str | None) -> Run:
+    """Check everything the run needs (cheapest first), build it, and start its folder."""
+    device = pick_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    check_memory(config, device)
+    folder = RunFolder(config.out, PROG)
+    folder.claim(config.resume, config.overwrite)
+    ckpt = folder.load_checkpoint(config, RESUME_MUST_MATCH) if config.resume else None
+    scorer = load_scorer() if config.eval_scores else None  # now rather than after hours of training
+    run = build_run(config, device, folder, load_images(config, device))
+    run.scorer = scorer
+    if ckpt is not None:
+        restore(run, ckpt)
+    run.fixed_noise = run.fixed_noise.to(device)
+
+    record = {**asdict(config), "precision_used": run.precision, "device_used": str(device),
+              "n_train": run.n_train, "iterations_per_epoch": run.iters_per_epoch,
+              "command": command, "resumed_at_iteration": run.iteration}
+    folder.start(record, resumed_at=None if ckpt is None else run.iteration)
+    print(f"{PROG}: {device} {run.precision}, {run.n_train} images, {run.iters_per_epoch} iterations/epoch of "
+          f"{config.batch_size} (last {run.n_train % config.batch_size} images of each shuffle dropped), "
+          f"{'resuming at iteration ' + str(run.iteration) if ckpt else 'new run'} -> {folder.out}")
+    if ckpt is None:
+        save_grid(run)
+        snapshot(run, "start")
+        if run.half_iter == 0:
+            snapshot(run, "half")
+    return run
 
 
-def get_rng_state(shuffle_state: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """RNG states as tensors, so the checkpoint loads with weights_only=True."""
-    rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    elif device.type == "mps":
-        rng["mps"] = torch.mps.get_rng_state()
-    return rng
-
-
-def set_rng_state(rng: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Restore the noise RNGs (the shuffle generator is restored by the caller)."""
-    torch.set_rng_state(rng["torch"])
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)
-    elif device.type == "mps" and "mps" in rng:
-        torch.mps.set_rng_state(rng["mps"])
-
-
-def load_checkpoint(config: Config) -> dict[str, Any]:
-    """checkpoint.pt of --out, checked against the config; one-line errors otherwise."""
-    path = Path(config.out) / "checkpoint.pt"
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path} (run without --resume to start)")
-    ckpt = safe_load(path, "--resume: checkpoint")
-    missing = [k for k in ("generator", "discriminator", "opt_g", "opt_d", "epoch", "iteration",
-                           "rng", "config", "fixed_noise") if k not in ckpt]
-    if missing:
-        raise UserError(f"--resume: {path} is not a checkpoint of {PROG} (missing {', '.join(missing)})")
-    saved = ckpt["config"]
-    for name in RESUME_MUST_MATCH:
-        if saved.get(name) != getattr(config, name):
-            raise UserError(f"--resume: the checkpoint was made with --{name} {saved.get(name)}, "
-                            f"not {getattr(config, name)}; pass the same value or use another --out")
-    if ckpt["epoch"] >= config.n_epochs:
-        raise UserError(f"--resume: the checkpoint has already completed {ckpt['epoch']} epochs; "
-                        f"raise --n_epochs above {ckpt['epoch']} to continue")
-    return ckpt
+# ----------------------------------------------------------------------------- the loop
 
 
 def train(config: Config, command: str | None = None) -> dict[str, Any]:
     """Train (or resume) a GAN run into config.out; return a summary with the output paths.
 
     Raises UserError for bad input, TrainingInterrupted after Ctrl-C (checkpoint saved),
-    TrainingDiverged when a loss becomes non-finite (last good checkpoint kept).
+    TrainingDiverged when a loss or weight becomes non-finite (nothing non-finite is written).
     """
     config.validate()
-    device = pick_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    out = Path(config.out)
-    ckpt = load_checkpoint(config) if config.resume else None
-
-    from mnist_data import load_mnist  # torchvision import; after the cheap checks
-
-    images, _ = load_mnist(config.data_dir, train=True, download=config.download)  # (N, 1, 28, 28) in [-1, 1]
-    n_train = images.shape[0]
-    if config.batch_size > n_train:
-        raise UserError(f"--batch_size {config.batch_size} is larger than the training set ({n_train} images)")
-    # The whole set lives on the device (188 MB as float32): a batch is one gather, no DataLoader.
-    images = images.to(device)
-    # The last partial batch is dropped (like drop_last=True): every update sees batch_size images,
-    # and each epoch's shuffle puts different images in the dropped tail.
-    iters_per_epoch = n_train // config.batch_size
-    total_iters = config.n_epochs * iters_per_epoch
-    half_iter = total_iters // 2
-
-    set_seed(config.seed)
-    generator, discriminator, ema = build_models(config, device)
-    opt_g, opt_d = make_optimizers(generator, discriminator, config.lr, device)
-    precision, autocast = resolve_precision(config.precision, device)
-    shuffle_gen = torch.Generator().manual_seed(config.seed)  # its own stream: shuffling never shifts the noise
-    # Drawn once from its own seeded generator, so every grid of a run shows the same 25 latents.
-    fixed_noise = torch.randn(N_SAMPLES, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
-
-    start_epoch, skip_batches, iteration = 0, 0, 0
-    if ckpt is not None:
-        generator.load_state_dict(ckpt["generator"])
-        discriminator.load_state_dict(ckpt["discriminator"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["generator_ema"])
-        fixed_noise = ckpt["fixed_noise"]
-        start_epoch, iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
-        skip_batches = int(ckpt.get("batch_in_epoch", 0))
-        shuffle_gen.set_state(ckpt["rng"]["shuffle"])
-        set_rng_state(ckpt["rng"], device)
-        if iteration > half_iter and ckpt["config"].get("n_epochs") != config.n_epochs:
-            print(f"{PROG}: note: the new halfway point (iteration {half_iter}) has already passed; "
-                  f"grid_half.png stays the one of the earlier schedule")
-    fixed_noise = fixed_noise.to(device)
-
-    out.mkdir(parents=True, exist_ok=True)
-    grids = out / "grids"
-    csv_path = out / "losses.csv"
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt is None:
-        for old in grids.glob("iter_*.png"):  # grids of an earlier run in this folder would mix with ours
-            old.unlink()
-        truncate_csv(csv_path, -1)
-    else:
-        truncate_csv(csv_path, iteration)
-    record = {**asdict(config), "precision_used": precision, "device_used": str(device),
-              "n_train": n_train, "iterations_per_epoch": iters_per_epoch,
-              "command": command, "resumed_at_iteration": iteration}
-    write_json(record, out / "config.json")
-
-    def sampler() -> Generator:
-        """The generator that grids and saved files show: the weight average when --ema is on."""
-        return generator if ema is None else refresh_bn_stats(ema, config.seed)
-
-    def snapshot(tag: str) -> None:
-        g = sampler()
-        save_grid(g, fixed_noise, out / f"grid_{tag}.png")
-        save_generator(g, out / f"generator_{tag}.pt")
-
-    def save_checkpoint(epoch: int, batch_in_epoch: int, shuffle_state: torch.Tensor) -> None:
-        atomic_save({
-            "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-            **({} if ema is None else {"generator_ema": ema.state_dict()}),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "epoch": epoch,  # completed epochs
-            "batch_in_epoch": batch_in_epoch,  # updates done in epoch `epoch` (0 at an epoch boundary)
-            "iteration": iteration, "rng": get_rng_state(shuffle_state, device),
-            "config": asdict(config), "fixed_noise": fixed_noise.cpu(),
-        }, ckpt_path)
-
-    window: list[torch.Tensor] = []
-
-    def flush(epoch: int) -> None:
-        """Average the window into one CSV row; stop on a non-finite loss (one host sync per call)."""
-        if not window:
-            return
-        stats = torch.stack(window).float().mean(0).tolist()
-        window.clear()
-        if not all(math.isfinite(v) for v in stats[:2]):
-            raise TrainingDiverged(
-                f"loss became non-finite (loss_d={stats[0]}, loss_g={stats[1]}) by iteration {iteration} "
-                f"(epoch {epoch + 1}); stopped. {ckpt_path} keeps the last good state "
-                f"(try a lower --lr or --precision fp32)")
-        with open(csv_path, "a", newline="") as f:
-            csv.writer(f).writerow([iteration, epoch + 1] + [f"{v:.6f}" for v in stats])
-        bar.set_postfix(loss_d=f"{stats[0]:.3f}", loss_g=f"{stats[1]:.3f}",
-                        d_real=f"{stats[2]:.2f}", d_fake=f"{stats[3]:.2f}", refresh=False)
-
-    print(f"{PROG}: {device} {precision}, {n_train} images, {iters_per_epoch} iterations/epoch of "
-          f"{config.batch_size} (last {n_train % config.batch_size} images of each shuffle dropped), "
-          f"{'resuming at iteration ' + str(iteration) if ckpt else 'new run'} -> {out}")
-    if ckpt is None:
-        save_grid(sampler(), fixed_noise, grids / f"iter_{0:07d}.png")
-        snapshot("start")
-        if half_iter == 0:
-            snapshot("half")
+    # A resume compares where the data is, not how its path was typed.
+    config = replace(config, data_dir=str(Path(config.data_dir).resolve()))
+    run = setup_run(config, command)
 
     from tqdm import tqdm
 
-    real_label = 1.0 - config.label_smoothing
-    generator.train()
-    discriminator.train()
-    t0 = time.perf_counter()
-    start_iteration = iteration
-    bar = tqdm(total=total_iters, initial=iteration, unit="it", dynamic_ncols=True, mininterval=0.5)
-    try:
-        with stop_on_sigint() as flag:
-            for epoch in range(start_epoch, config.n_epochs):
-                shuffle_state = shuffle_gen.get_state()  # saved: a resume redraws this epoch's order
-                perm = torch.randperm(n_train, generator=shuffle_gen).to(device)
-                for b in range(skip_batches, iters_per_epoch):
-                    real = images[perm[b * config.batch_size:(b + 1) * config.batch_size]]  # (B, 1, 28, 28)
-                    if config.lr_decay != "none":
-                        lr = lr_at(config, iteration, total_iters)
-                        for group in (*opt_g.param_groups, *opt_d.param_groups):
-                            group["lr"] = lr
-                    window.append(train_step(generator, discriminator, opt_g, opt_d, real, autocast, real_label))
-                    if ema is not None:
-                        update_ema(ema, generator, config.ema, first=iteration == 0)
-                    iteration += 1
-                    bar.update(1)
-                    if iteration % LOG_EVERY == 0:
-                        flush(epoch)
-                    if iteration % config.save_interval == 0:
-                        save_grid(sampler(), fixed_noise, grids / f"iter_{iteration:07d}.png")
-                    if iteration == half_iter:
-                        snapshot("half")
-                    if flag["stop"] and b + 1 < iters_per_epoch:
-                        flush(epoch)  # refuses to save a diverged state
-                        save_checkpoint(epoch, b + 1, shuffle_state)
-                        plot_losses(csv_path, out / "losses.png")
-                        raise TrainingInterrupted(
-                            f"interrupted at iteration {iteration} (epoch {epoch + 1}); checkpoint saved to "
-                            f"{ckpt_path}; continue with the same flags plus --resume")
-                skip_batches = 0
-                flush(epoch)
-                save_checkpoint(epoch + 1, 0, shuffle_gen.get_state())
-                if flag["stop"] and epoch + 1 < config.n_epochs:
-                    plot_losses(csv_path, out / "losses.png")
-                    raise TrainingInterrupted(
-                        f"interrupted at iteration {iteration} (end of epoch {epoch + 1}); checkpoint saved "
-                        f"to {ckpt_path}; continue with the same flags plus --resume")
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
+    run.generator.train()
+    run.discriminator.train()
+    t0, start_iteration = time.perf_counter(), run.iteration
+    with stop_on_sigint() as stop, tqdm(total=run.total_iters, initial=run.iteration, unit="it",
+                                        dynamic_ncols=True, mininterval=0.5) as run.bar:
+        for epoch in range(run.start_epoch, config.n_epochs):
+            train_epoch(run, epoch, stop)
+    return finish_run(run, time.perf_counter() - t0, run.iteration - start_iteration)
 
-    snapshot("end")
-    plot_losses(csv_path, out / "losses.png")
-    done = iteration - start_iteration
+
+def train_epoch(run: Run, epoch: int, stop: dict[str, bool]) -> None:
+    """One pass over a new shuffle of the training set (from run.skip_batches on a resume), then a checkpoint."""
+    config, size = run.config, run.config.batch_size
+    shuffle_state = run.shuffle_gen.get_state()  # saved: a resume redraws this epoch's order
+    perm = torch.randperm(run.n_train, generator=run.shuffle_gen).to(run.device)
+    for b in range(run.skip_batches, run.iters_per_epoch):
+        real = run.images[perm[b * size:(b + 1) * size]]  # (B, 1, 28, 28)
+        if config.lr_decay != "none":
+            set_lr(run, lr_at(config, run.iteration, run.total_iters))
+        run.window.append(train_step(run.generator, run.discriminator, run.opt_g, run.opt_d, real,
+                                     run.autocast, 1.0 - config.label_smoothing))
+        if run.ema is not None:
+            update_ema(run.ema, run.generator, config.ema, first=run.iteration == 0)
+        run.iteration += 1
+        run.bar.update(1)
+        if run.iteration % LOG_EVERY == 0:
+            log_losses(run, epoch)
+        if run.iteration % config.save_interval == 0:
+            save_grid(run)
+        if run.iteration == run.half_iter:
+            snapshot(run, "half")
+        if stop["stop"] and b + 1 < run.iters_per_epoch:
+            log_losses(run, epoch)  # refuses to save a diverged state
+            save_checkpoint(run, epoch, b + 1, shuffle_state)
+            raise interrupted(run, f"epoch {epoch + 1}")
+    run.skip_batches = 0
+    log_losses(run, epoch)
+    save_checkpoint(run, epoch + 1, 0, run.shuffle_gen.get_state())
+    if stop["stop"] and epoch + 1 < config.n_epochs:
+        raise interrupted(run, f"end of epoch {epoch + 1}")
+
+
+def finish_run(run: Run, seconds: float, done: int) -> dict[str, Any]:
+    """The end snapshot, the loss plot, a summary line; scores with --eval_scores."""
+    snapshot(run, "end")
+    run.folder.plot_losses()
+    out = run.folder.out
     print(f"{PROG}: {done} iterations in {seconds:.1f} s ({1000 * seconds / max(done, 1):.2f} ms/iteration); "
           f"outputs in {out}")
     summary: dict[str, Any] = {
-        "out": out, "iterations": iteration, "epochs": config.n_epochs, "seconds": seconds,
-        "device": str(device), "precision": precision, "checkpoint": ckpt_path,
+        "out": out, "iterations": run.iteration, "epochs": run.config.n_epochs, "seconds": seconds,
+        "device": str(run.device), "precision": run.precision, "checkpoint": run.folder.checkpoint,
         "grids": {t: out / f"grid_{t}.png" for t in ("start", "half", "end")},
         "generators": {t: out / f"generator_{t}.pt" for t in ("start", "half", "end")},
-        "losses_csv": csv_path, "losses_png": out / "losses.png",
+        "losses_csv": run.folder.csv, "losses_png": out / "losses.png",
     }
-    if config.eval_scores:
-        from evaluate import score_run  # another engineer's module; imported only when asked for
-
-        summary["scores"] = score_run(out, data_dir=config.data_dir, device=device)
+    if run.scorer is not None:
+        summary["scores"] = run.scorer(out, data_dir=run.config.data_dir, device=run.device,
+                                       download=run.config.download)
     return summary
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse errors as one line (no usage block), like every other error of this script."""
+def set_lr(run: Run, lr: float) -> None:
+    for group in (*run.opt_g.param_groups, *run.opt_d.param_groups):
+        group["lr"] = lr
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+
+def log_losses(run: Run, epoch: int) -> None:
+    """Average the window into one row of losses.csv; stop on a non-finite loss (one host sync per call)."""
+    if not run.window:
+        return
+    stats = torch.stack(run.window).float().mean(0).tolist()
+    run.window.clear()
+    if not all(math.isfinite(v) for v in stats[:2]):
+        raise run.diverged(f"the loss (loss_d={stats[0]}, loss_g={stats[1]})")
+    run.folder.log(run.iteration, epoch + 1, stats)
+    run.bar.set_postfix(loss_d=f"{stats[0]:.3f}", loss_g=f"{stats[1]:.3f}",
+                        d_real=f"{stats[2]:.2f}", d_fake=f"{stats[3]:.2f}", refresh=False)
+
+
+def finite_sampler(run: Run) -> Generator:
+    """run.sampler(), refused when its weights are not finite: no grid or file is drawn from a diverged G."""
+    generator = run.sampler()
+    if not all_finite(generator.state_dict()):
+        raise run.diverged("the generator's weights")
+    return generator
+
+
+def save_grid(run: Run) -> None:
+    run.folder.save_grid(finite_sampler(run), run.fixed_noise, f"grids/iter_{run.iteration:07d}.png")
+
+
+def snapshot(run: Run, tag: str) -> None:
+    run.folder.snapshot(finite_sampler(run), run.fixed_noise, tag)
+
+
+def save_checkpoint(run: Run, epochs_done: int, batch_in_epoch: int, shuffle_state: torch.Tensor) -> None:
+    """Everything a resume needs; refused when a weight or optimiser moment is not finite."""
+    state = {
+        "generator": run.generator.state_dict(), "discriminator": run.discriminator.state_dict(),
+        **({} if run.ema is None else {"generator_ema": run.ema.state_dict()}),
+        "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
+        "epoch": epochs_done,
+        "batch_in_epoch": batch_in_epoch,  # updates done in epoch `epochs_done` (0 at an epoch boundary)
+        "iteration": run.iteration, "rng": get_rng_state(shuffle_state, run.device),
+        "config": asdict(run.config), "fixed_noise": run.fixed_noise.cpu(),
+    }
+    if not all_finite(list(tensors_in(state))):
+        raise run.diverged("the weights")
+    run.folder.save_checkpoint(state)
+
+
+def interrupted(run: Run, where: str) -> TrainingInterrupted:
+    """Ctrl-C after the checkpoint was saved: plot what was logged and say how to continue."""
+    run.folder.plot_losses()
+    return TrainingInterrupted(f"interrupted at iteration {run.iteration} ({where}); checkpoint saved to "
+                               f"{run.folder.checkpoint}; continue with the same flags plus --resume")
+
+
+# ----------------------------------------------------------------------------- the command line
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
     """Command line -> Config (the defaults come from Config itself)."""
     d = Config()
-    p = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--n_epochs", type=int, default=d.n_epochs, help="epochs to train (may be raised on --resume, which stretches the --lr_decay schedule)")
     p.add_argument("--batch_size", type=int, default=d.batch_size, help="images per update")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of both networks")
@@ -569,8 +574,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--no_download", dest="download", action="store_false",
                    help="never try to download MNIST (default: download when missing)%(default).0s")
     p.add_argument("--out", default=d.out, help="output folder of the run")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, noise, shuffling and the fixed grid noise")
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="where to train")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed (0 to 2**32-1) of weights, noise, shuffling and the fixed grid noise")
+    p.add_argument("--device", default=d.device, help="where to train: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default=d.precision, choices=["bf16", "fp32"],
                    help="bf16 autocast (float32 master weights) or plain float32")
     p.add_argument("--d_dropout", type=float, default=d.d_dropout, help="dropout after D's hidden layers (0: none)")
@@ -583,9 +589,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--threads", type=int, default=d.threads,
                    help="CPU threads (0: torch's default); on a machine busy with other jobs, 1 can be several "
                         "times faster, since OpenMP threads spin-wait for a descheduled partner")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds an earlier run, deleting that run's outputs")
     p.add_argument("--eval_scores", action="store_true",
-                   help="after training, score the start/half/end generators (evaluate.score_run)")
+                   help="after training, score the start/half/end generators (part2/evaluate.py's score_run)")
     args = p.parse_args(argv)
     return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
 
@@ -594,11 +602,13 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry: one line on stderr and exit 2 for bad input, 130 after Ctrl-C, 1 on divergence."""
     config = parse_args(argv)
     command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join([PROG, *argv])
+    run_cli(PROG, lambda: run_training(config, command))
+
+
+def run_training(config: Config, command: str) -> None:
+    """train(), with each way of stopping early turned into one line on stderr and its exit code."""
     try:
         train(config, command)
-    except UserError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except TrainingInterrupted as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(130)
@@ -606,8 +616,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-        print(f"{PROG}: interrupted; {Path(config.out) / 'checkpoint.pt'} holds the last end of epoch, if any",
-              file=sys.stderr)
+        ckpt = Path(config.out) / "checkpoint.pt"
+        kept = f"{ckpt} holds the last checkpoint" if ckpt.is_file() else "no checkpoint was saved"
+        print(f"{PROG}: interrupted; {kept}", file=sys.stderr)
         sys.exit(130)
 
 
