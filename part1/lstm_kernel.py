@@ -16,7 +16,8 @@ Intel Xeon with AMX torch.mm took 79 us against oneDNN's 105 us; the C cell won 
 105 us on the Xeon; half the training step at length 99 on the EPYC). So nothing is assumed: at
 first use for a shape, both variants are timed for a few milliseconds (interleaved, the median of
 several rounds, on inputs drawn from a private torch.Generator so the global RNG and thus seeded
-training are untouched) and the faster is kept for the rest of the process. `describe()` reports
+training are untouched); the plain variant is kept for the rest of the process only if it is clearly
+faster (PLAIN_MARGIN), so that a close call does not flip between runs. `describe()` reports
 the choices, their timings and any fallback.
 
 A fast variant that cannot run (no C compiler, a failed build, the private operators missing or
@@ -62,6 +63,9 @@ COST = {"cell": "the cell runs as PyTorch ops: training steps 1.3x (length 19) t
                 "on an AMD EPYC (bench.py)",
         "matmul": "the products run on torch.mm: from as fast to 1.75x slower per product, by CPU and "
                   "threads (bench.py)"}
+# The plain variant replaces the fast one only when clearly faster: on a close call timing noise
+# could otherwise pick differently in two runs on one machine and change a seeded run's rounding.
+PLAIN_MARGIN = 0.85
 TIMING_BUDGET_S = 0.004  # per decision; at least MIN_ROUNDS rounds whatever it costs
 MIN_ROUNDS, MAX_ROUNDS = 5, 40
 
@@ -282,7 +286,8 @@ def time_interleaved(candidates: dict[str, Callable[[], object]], budget_s: floa
 
 def decide(layer: str, shape: tuple[int, ...], make_candidates: Callable[[], dict[str, Callable[[], object]]]) -> str:
     """The variant of `layer` to use at `shape`: forced, the plain one if the fast one cannot run,
-    else the faster of make_candidates() (one call of each variant), timed once and kept."""
+    else the plain one only if make_candidates() (one call of each variant) times it under
+    PLAIN_MARGIN of the fast one's time; timed once and kept."""
     want = forced(layer)
     fast, plain = LAYERS[layer]
     if want == plain or not _fast_available(layer):
@@ -292,7 +297,8 @@ def decide(layer: str, shape: tuple[int, ...], make_candidates: Callable[[], dic
     key = (layer, shape)
     if key not in _decisions:
         us = time_interleaved(make_candidates())
-        _decisions[key] = {"choice": min(us, key=us.get), "us": {k: round(v, 1) for k, v in us.items()}}
+        choice = plain if us[plain] < PLAIN_MARGIN * us[fast] else fast
+        _decisions[key] = {"choice": choice, "us": {k: round(v, 1) for k, v in us.items()}}
     return _decisions[key]["choice"]
 
 

@@ -140,6 +140,13 @@ def test_decide_keeps_the_faster_variant_once(fresh):
     assert lstm_kernel.describe()["timings_us"]["matmul 1x2x3"]["onednn"] > 1000
 
 
+def test_a_close_call_keeps_the_fast_variant(fresh):
+    if not lstm_kernel.onednn_available():
+        pytest.skip("with oneDNN unavailable there is nothing to choose")
+    close = {"onednn": lambda: time.sleep(0.004), "mm": lambda: time.sleep(0.0038)}  # mm 5% faster
+    assert lstm_kernel.decide("matmul", (1, 2, 5), lambda: close) == "onednn"
+
+
 def test_timing_the_choices_is_quick_and_leaves_the_global_rng_alone(fresh):
     lstm_kernel.load(), lstm_kernel.onednn_available()  # the one-off build is not part of a decision
     state = torch.get_rng_state()
