@@ -87,7 +87,7 @@ class RunFolder:
                             f"(missing {', '.join(missing)})")
         saved = ckpt["config"]
         for name in must_match:
-            if saved.get(name) != getattr(config, name):
+            if not same_setting(name, saved.get(name), getattr(config, name)):
                 raise UserError(f"--resume: the checkpoint was made with --{name} {saved.get(name)}, "
                                 f"not {getattr(config, name)}; pass the same value or use another --out")
         if ckpt["epoch"] >= config.n_epochs:
@@ -104,10 +104,9 @@ class RunFolder:
 
     def clear(self) -> None:
         """Delete the outputs of an earlier run here (the user asked for it with --overwrite)."""
-        old = [*self.grids.glob("iter_*.png"), self.checkpoint, self.out / "losses.png", self.out / "scores.json",
-               *(self.out / f"{kind}_{t}.{ext}" for t in SNAPSHOTS for kind, ext in (("grid", "png"),
-                                                                                      ("generator", "pt")))]
-        for path in old:
+        snapshots = [self.out / f"grid_{t}.png" for t in SNAPSHOTS] + [self.out / f"generator_{t}.pt" for t in SNAPSHOTS]
+        for path in [*self.grids.glob("iter_*.png"), *snapshots, self.checkpoint, self.out / "losses.png",
+                     self.out / "scores.json"]:  # scores.json: --eval_scores of the earlier generators
             path.unlink(missing_ok=True)
 
     def log(self, iteration: int, epoch: int, stats: list[float]) -> None:
@@ -142,6 +141,13 @@ class RunFolder:
                 else "no checkpoint had been saved yet")
         return TrainingDiverged(f"{what} became non-finite by iteration {iteration} (epoch {epoch + 1}); "
                                 f"stopped, nothing non-finite written; {kept} (try a lower --lr or --precision fp32)")
+
+
+def same_setting(name: str, saved: Any, value: Any) -> bool:
+    """Whether a checkpoint's setting equals the run's; folders by where they are, not how they were typed."""
+    if name.endswith("_dir") and isinstance(saved, str) and isinstance(value, str):
+        return Path(saved).resolve() == Path(value).resolve()
+    return saved == value
 
 
 def tensors_in(obj: Any) -> Iterator[torch.Tensor]:

@@ -274,6 +274,18 @@ def test_resume_equals_straight_run(tiny_data: Path, tmp_path: Path) -> None:
         assert [r["iteration"] for r in csv.DictReader(f)] == ["4", "8"]
 
 
+def test_resume_compares_data_dir_by_place_not_spelling(tiny_data: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    train(Config(n_epochs=1, data_dir=str(tiny_data), out=str(out), **TINY))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["data_dir"] = tiny_data.name  # as typed in the folder above it
+    torch.save(ckpt, out / "checkpoint.pt")
+    monkeypatch.chdir(tiny_data.parent)
+    train(Config(n_epochs=2, data_dir=f"./{tiny_data.name}", out=str(out), resume=True, **TINY))
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 8
+
+
 def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(reference_run: Path, tiny_data: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "interrupted"
