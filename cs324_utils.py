@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import os
 import platform
@@ -123,10 +124,6 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise _os_error(path, exc) from None
-    except RuntimeError as exc:  # torch.save reports a full disk as a RuntimeError from its zip writer
-        if "write" in str(exc).lower() or "file" in str(exc).lower():
-            raise UserError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
-        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -141,8 +138,15 @@ def remove_stray_tmp(folder: str | Path) -> list[Path]:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save, atomically."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save, atomically: serialised in memory, then written by atomic_write.
+
+    torch.save straight to a file reports a full disk or a file-size limit as a RuntimeError
+    ("unexpected pos ...") that names neither; a plain write of the bytes raises the OSError
+    that atomic_write turns into one line, and the old file stays as it was.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def write_json(obj: Any, path: str | Path) -> None:
@@ -215,12 +219,16 @@ def memory_bytes() -> int:
         return 2**62  # unknown: let the allocation itself decide
 
 
-def check_fits(nbytes: float, what: str) -> None:
-    """Refuse a size whose tensors cannot fit in memory, naming the flag and the memory it needs."""
-    have = memory_bytes()
+def check_fits(nbytes: float, what: str, device: torch.device | None = None) -> None:
+    """Refuse a size whose tensors cannot fit in memory (the GPU's free memory on CUDA), naming the
+    flag and the memory it needs."""
+    if device is not None and device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[0], f"{device} has"
+    else:
+        have, where = memory_bytes(), "this machine has"
     if nbytes > have:
         raise UserError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory; "
-                        f"this machine has {have / 2**30:.1f} GiB available")
+                        f"{where} {have / 2**30:.1f} GiB available")
 
 
 def machine_line() -> str:

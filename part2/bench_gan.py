@@ -1,19 +1,24 @@
-"""Seconds per epoch of my_gan.py's training loop against a conventional pipeline, same models, same run.
+"""Milliseconds per iteration of my_gan.py against conventional loops of the same models, in one run.
 
     python part2/bench_gan.py --data_dir ../shared/mnist
 
-Both train the same models with my_gan.py's default recipe (dropout in D, one-sided label
-smoothing, a moving average of G's weights; the learning-rate schedule costs nothing and is left out).
-Conventional: torchvision MNIST through a DataLoader with ToTensor/Normalize per sample, float32,
-torch.nn.Dropout, default Adam, one update of D then G per batch (G runs forward twice, as in the course template),
-the average kept with torch.optim.swa_utils.AveragedModel.
-Ours: my_gan.py's loop on the whole training set held as one tensor, bf16 autocast and fp32.
-Both time a fixed number of iterations after a warm-up, interleaved in rounds so that load from other
-processes hits them alike, and extrapolate to an epoch of N // batch_size iterations.
+The loops, timed in interleaved rounds so that load from other processes hits them alike:
+- plain conventional (template recipe): what most students write, as PyTorch-GAN's gan.py does it:
+  torchvision MNIST through a DataLoader with per-sample ToTensor/Normalize, float32, no
+  stabilisers, default (for-loop) Adam, both losses read every iteration. The speed-ups are against it.
+- conventional + the stabilisers: the same pipeline carrying my_gan.py's recipe (torch.nn.Dropout
+  in D, one-sided label smoothing, AveragedModel for the weight average; G runs forward twice).
+- my_gan loop, fp32 / bf16: my_gan.train_step and the weight average on the whole training set
+  held as one tensor, without logging or snapshots.
+- my_gan.py at defaults, whole epoch: my_gan.train for one epoch into a scratch folder, so the
+  weight average, the loss log, sample grids, snapshots and the checkpoint are all paid for;
+  its start-up (data loading, --precision auto's probe) is reported apart, as it is paid once a run.
+Loop rows extrapolate a fixed number of iterations, after a warm-up, to an epoch of N // batch_size.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,13 +29,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, pick_device, set_seed
+from cs324_utils import OneLineParser, UserError, check_threads, machine_line, pick_device, run_cli, set_seed
 from models import Dropout
-from my_gan import Config, build_models, make_optimizers, resolve_precision, train_step, update_ema
+from my_gan import Config, build_models, make_optimizers, train_step, update_ema
+from pick_precision import autocast_factory
 
 HERE = Path(__file__).resolve().parent
 
 PROG = "bench_gan.py"
+PLAIN = "plain conventional (template recipe)"
 
 
 def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> Callable[[], None]:
@@ -79,16 +86,55 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
     return step
 
 
-def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str, device: torch.device,
-             mark: Callable[[str], None] = lambda phase: None) -> Callable[[], None]:
-    """One call = one iteration of my_gan.py's loop (gather from the on-device set, train_step, EMA).
+def plain_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> Callable[[], None]:
+    """One call = one iteration of the loop most students write: the course template's recipe as in
+    PyTorch-GAN's gan.py (DataLoader with per-sample ToTensor/Normalize, float32, no stabilisers,
+    one G forward per batch, G updated first, both losses read every iteration)."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
 
-    mark(phase) is called as each phase ends, inside train_step too (breakdown times them).
-    """
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    loader = DataLoader(datasets.MNIST(data_dir, train=True, download=False, transform=tf),
+                        batch_size=batch_size, shuffle=True, drop_last=True)
+    G, D, _ = build_models(Config(latent_dim=latent_dim, d_dropout=0.0, ema=0.0), device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    batches = iter(loader)
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            real, _ = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            real, _ = next(batches)
+        real = real.to(device)
+        b = real.shape[0]
+        ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
+        z = torch.randn(b, latent_dim, device=device)
+        fake = G(z)
+        opt_g.zero_grad()
+        loss_g = F.binary_cross_entropy_with_logits(D(fake), ones)
+        loss_g.backward()
+        opt_g.step()
+        opt_d.zero_grad()
+        loss_d = (F.binary_cross_entropy_with_logits(D(real), ones)
+                  + F.binary_cross_entropy_with_logits(D(fake.detach()), zeros)) / 2
+        loss_d.backward()
+        opt_d.step()
+        loss_d.item(), loss_g.item()
+
+    return step
+
+
+def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
+             device: torch.device) -> tuple[Callable[[], None], dict[str, torch.nn.Module]]:
+    """One call = one iteration of my_gan.py's loop (gather from the on-device set, train_step, EMA);
+    also returns the models and optimisers it trains (breakdown hooks into them)."""
     recipe = Config(latent_dim=latent_dim)
     G, D, ema = build_models(recipe, device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
-    _, autocast = resolve_precision(precision, device)
+    autocast = autocast_factory(precision, device)
     n = images.shape[0]
     gen = torch.Generator().manual_seed(0)
     state = {"perm": torch.randperm(n, generator=gen).to(device), "b": 0, "iteration": 0}
@@ -98,36 +144,63 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
             state["perm"], state["b"] = torch.randperm(n, generator=gen).to(device), 0
         b = state["b"]
         real = images[state["perm"][b * batch_size:(b + 1) * batch_size]]
-        mark("data")
-        train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing, mark=mark)
+        train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing)
         if ema is not None:
             update_ema(ema, G, recipe.ema, first=state["iteration"] == 0)
-        mark("EMA of G")
         state["b"] += 1
         state["iteration"] += 1
 
-    return step
+    return step, {"G": G, "opt_d": opt_d, "opt_g": opt_g}
 
 
 def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision: str,
               device: torch.device, iters: int) -> dict[str, float]:
-    """ms per iteration of each phase of our_loop's iteration, timed at its marks (CPU only)."""
+    """ms per iteration of each phase of our_loop's iteration (CPU only).
+
+    The phases end where hooks of the real models and optimisers fire (G's forward hook, each
+    optimiser's step pre- and post-hooks), so the step timed is train_step itself, unchanged.
+    """
+    step, parts_of = our_loop(images, batch_size, latent_dim, precision, device)
     parts: dict[str, float] = {}
-    last = 0.0
+    last = [0.0]
 
-    def mark(phase: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        parts[phase] = parts.get(phase, 0.0) + now - last
-        last = now
+    def mark(phase: str) -> Callable[..., None]:
+        def hook(*_: object) -> None:
+            now = time.perf_counter()
+            parts[phase] = parts.get(phase, 0.0) + now - last[0]
+            last[0] = now
+        return hook
 
-    step = our_loop(images, batch_size, latent_dim, precision, device, mark=mark)
+    parts_of["G"].register_forward_hook(mark("noise + G forward"))
+    parts_of["opt_d"].register_step_pre_hook(mark("D step: D forward and backward"))
+    parts_of["opt_d"].register_step_post_hook(mark("Adam D"))
+    parts_of["opt_g"].register_step_pre_hook(mark("G step: D forward, backward through D and G"))
+    parts_of["opt_g"].register_step_post_hook(mark("Adam G"))
+    ema_mark = mark("data, weight average of G")
     for i in range(iters + 20):
         if i == 20:
             parts.clear()  # the warm-up is not timed
-        last = time.perf_counter()
+        last[0] = time.perf_counter()
         step()
+        ema_mark()
     return {phase: seconds * 1000 / iters for phase, seconds in parts.items()}
+
+
+def whole_script(data_dir: str, threads: int) -> dict[str, float]:
+    """One epoch of my_gan.train at its defaults into a scratch folder: what a user's run does per
+    iteration (weight average, logging, sample grids, snapshots, checkpoint), and its start-up."""
+    import tempfile
+
+    import my_gan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = my_gan.Config(n_epochs=1, data_dir=data_dir, download=False, out=str(Path(tmp) / "gan"),
+                               threads=threads)
+        t0 = time.perf_counter()
+        summary = my_gan.train(config)
+        wall = time.perf_counter() - t0
+    loop_ms = summary["seconds"] * 1000 / summary["iterations"]
+    return {"ms_per_iter": loop_ms, "startup_s": wall - summary["seconds"], "precision": summary["precision"]}
 
 
 def dropout_masks(batch_size: int, p: float, device: torch.device) -> str:
@@ -161,70 +234,75 @@ def time_rounds(loops: dict[str, Callable[[], None]], warmup: int, iters: int, r
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse flags, time both pipelines, print the table."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data_dir", default=str(HERE / "data"), help="MNIST root (holds MNIST/raw/)")
     p.add_argument("--batch_size", type=int, default=64, help="images per update")
     p.add_argument("--latent_dim", type=int, default=100, help="dimension of z")
-    p.add_argument("--iters", type=int, default=200, help="timed iterations per pipeline (after warm-up)")
-    p.add_argument("--warmup", type=int, default=30, help="untimed iterations per pipeline first")
+    p.add_argument("--iters", type=int, default=200, help="timed iterations per loop (after warm-up)")
+    p.add_argument("--warmup", type=int, default=30, help="untimed iterations per loop first")
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the timed iterations are split into")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--no_script", action="store_true", help="skip the epoch of the whole my_gan.py script")
     p.add_argument("--no_breakdown", action="store_true", help="skip the per-phase timing")
-    args = p.parse_args(argv)
-    try:
-        if min(args.batch_size, args.latent_dim, args.iters, args.warmup + 1, args.rounds) <= 0:
-            raise UserError("--batch_size, --latent_dim, --iters and --rounds must be positive")
-        device = pick_device(args.device)
-        from mnist_data import load_mnist
+    return p.parse_args(argv)
 
-        images, _ = load_mnist(args.data_dir, train=True, download=False)
-    except UserError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+
+def run(args: argparse.Namespace) -> None:
+    """Time the loops in interleaved rounds (the whole script's epoch between two halves), print the table."""
+    if min(args.batch_size, args.latent_dim, args.iters, args.warmup + 1, args.rounds) <= 0:
+        raise UserError("--batch_size, --latent_dim, --iters and --rounds must be positive")
+    check_threads(args.threads)
+    device = pick_device(args.device)
+    from mnist_data import load_mnist
+
+    images, _ = load_mnist(args.data_dir, train=True, download=False)
     if args.threads:
         torch.set_num_threads(args.threads)
     images = images.to(device)
-    iters_per_epoch = images.shape[0] // args.batch_size
+    per_epoch = images.shape[0] // args.batch_size
     set_seed(0)
-    print(f"{PROG}: {device}, {torch.get_num_threads()} threads, batch {args.batch_size}; "
-          f"{args.warmup} warm-up + {args.iters} timed iterations per pipeline in {args.rounds} interleaved "
-          f"rounds, extrapolated to an epoch of {iters_per_epoch} iterations (load average at start: "
-          f"{' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())})")
+    print(f"{PROG}: {machine_line()}; {device}, {torch.get_num_threads()} threads, batch {args.batch_size}; "
+          f"{args.warmup} warm-up + {args.iters} timed iterations per loop in {args.rounds} interleaved rounds, "
+          f"extrapolated to an epoch of {per_epoch} iterations (load average at start: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     loops = {
-        "conventional (DataLoader, fp32)": conventional_loop(args.data_dir, args.batch_size, args.latent_dim, device),
-        "my_gan fp32": our_loop(images, args.batch_size, args.latent_dim, "fp32", device),
-        "my_gan bf16": our_loop(images, args.batch_size, args.latent_dim, "bf16", device),
+        PLAIN: plain_loop(args.data_dir, args.batch_size, args.latent_dim, device),
+        "conventional + the stabilisers": conventional_loop(args.data_dir, args.batch_size, args.latent_dim, device),
+        "my_gan loop, fp32": our_loop(images, args.batch_size, args.latent_dim, "fp32", device)[0],
+        "my_gan loop, bf16": our_loop(images, args.batch_size, args.latent_dim, "bf16", device)[0],
     }
-    times = time_rounds(loops, args.warmup, args.iters, args.rounds)
-    base = statistics.median(times["conventional (DataLoader, fp32)"])
-    print(f"{'pipeline':34s} {'ms/iter (median of rounds)':>27s} {'s/epoch':>8s} {'speed-up':>9s}  rounds (ms/iter)")
+    first = max(args.rounds // 2, 1)
+    times = time_rounds(loops, args.warmup, args.iters * first // args.rounds, first)
+    script = None if args.no_script else whole_script(args.data_dir, args.threads)
+    if args.rounds > first:
+        later = time_rounds(loops, 0, args.iters * (args.rounds - first) // args.rounds, args.rounds - first)
+        times = {name: times[name] + later[name] for name in times}
+    base = statistics.median(times[PLAIN])
+    print(f"{'loop':38s} {'ms/iter (median of rounds)':>27s} {'s/epoch':>8s} {'speed-up':>9s}  rounds (ms/iter)")
     for name, ms in times.items():
         med = statistics.median(ms)
-        print(f"{name:34s} {med:27.2f} {med * iters_per_epoch / 1000:8.2f} {base / med:8.2f}x  "
+        print(f"{name:38s} {med:27.2f} {med * per_epoch / 1000:8.2f} {base / med:8.2f}x  "
               f"{' '.join(f'{m:.1f}' for m in ms)}")
-    best = statistics.median(times["my_gan bf16"])
-    print(f"200 epochs at defaults, extrapolated: conventional {base * iters_per_epoch * 200 / 60000:.1f} min, "
-          f"my_gan bf16 {best * iters_per_epoch * 200 / 60000:.1f} min (target < 15 min, 4.8 ms/iter)")
+    if script is not None:
+        ms = script["ms_per_iter"]
+        print(f"{'my_gan.py at defaults, whole epoch':38s} {ms:27.2f} {ms * per_epoch / 1000:8.2f} {base / ms:8.2f}x  "
+              f"(--precision auto chose {script['precision']}; start-up {script['startup_s']:.1f} s once a run)")
+        print(f"whole script at defaults / {PLAIN}: {base / ms:.2f}x faster; 200 epochs extrapolated: "
+              f"{ms * per_epoch * 200 / 60000:.1f} min against {base * per_epoch * 200 / 60000:.1f} min")
     if not args.no_breakdown and device.type == "cpu":
-        from torch.utils.data import DataLoader
-        from torchvision import datasets, transforms
-
-        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
-        loader = iter(DataLoader(datasets.MNIST(args.data_dir, train=True, download=False, transform=tf),
-                                 batch_size=args.batch_size, shuffle=True))
-        t0 = time.perf_counter()
-        for _ in range(100):
-            next(loader)
-        print(f"conventional DataLoader alone: {(time.perf_counter() - t0) * 10:.2f} ms/batch")
         print(dropout_masks(args.batch_size, Config().d_dropout, device))
         for precision in ("fp32", "bf16"):
             parts = breakdown(images, args.batch_size, args.latent_dim, precision, device, args.iters // 2)
-            print(f"my_gan {precision} breakdown (ms/iter, sum {sum(parts.values()):.2f}): "
+            print(f"my_gan loop {precision} breakdown (ms/iter, sum {sum(parts.values()):.2f}): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,14 @@
 """Fully connected GAN for MNIST: generator, discriminator, and saving and loading a generator."""
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, all_finite, atomic_write, safe_load
+from cs324_utils import UserError, all_finite, atomic_save, safe_load
 
 IMG_SHAPE = (1, 28, 28)
 IMG_PIXELS = 28 * 28
@@ -101,19 +99,7 @@ def save_generator(generator: Generator, path: str | Path, half: bool = False) -
              for k, v in generator.state_dict().items()}
     if not all_finite(state):
         raise UserError(f"generator weights are not finite{' in float16' if half else ''}; {path} not written")
-    save_atomically({"kind": "generator", "latent_dim": generator.latent_dim, "state_dict": state}, path)
-
-
-def save_atomically(obj: Any, path: str | Path) -> None:
-    """torch.save to memory, then cs324_utils.atomic_write of the bytes.
-
-    torch.save straight to a file reports a full disk or a file-size limit as a RuntimeError
-    ("unexpected pos ...") that names neither; a plain write of the bytes raises the OSError
-    that atomic_write turns into one line, and the old file stays as it was.
-    """
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
+    atomic_save({"kind": "generator", "latent_dim": generator.latent_dim, "state_dict": state}, path)
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:

@@ -12,7 +12,6 @@ continued with --resume or started afresh with --overwrite, never silently repla
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import importlib.util
 import math
@@ -38,8 +37,10 @@ from cs324_utils import (
     pick_device,
     run_cli,
     set_seed,
+    set_threads,
 )
 from models import Discriminator, Generator, parameter_count
+from pick_precision import autocast_factory, choose_precision
 from run_folder import (
     LOG_EVERY,
     RunFolder,
@@ -82,12 +83,12 @@ class Config:
     out: str = str(HERE / "runs" / "gan")
     seed: int = 0
     device: str = "auto"
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 or fp32; auto: the faster here (pick_precision.py)
     d_dropout: float = 0.1  # Dropout after each hidden layer of D (0.3 and 0.2 scored lower; report.md)
     label_smoothing: float = 0.1  # D's target for real images is 1 - this (one-sided: fakes stay 0)
     ema: float = 0.999  # decay of the weight average of G that grids and saved generators use; 0: off
     lr_decay: str = "linear"  # constant for the first half, then down to 0 at the last iteration; "none": constant
-    threads: int = 0  # 0: torch's default (one per core)
+    threads: int = 0  # 0: the cores idle at start-up (cs324_utils.set_threads)
     resume: bool = False  # continue the run in `out` from its checkpoint
     overwrite: bool = False  # start afresh in an `out` that holds an earlier run, deleting its outputs
     eval_scores: bool = False
@@ -109,8 +110,8 @@ class Config:
                 raise UserError(f"--{name} must be in [0, 1), got {value!r}")
         if self.lr_decay not in ("none", "linear"):
             raise UserError(f"--lr_decay must be none or linear, got {self.lr_decay!r}")
-        if self.precision not in ("bf16", "fp32"):
-            raise UserError(f"--precision must be bf16 or fp32, got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.resume and self.overwrite:
             raise UserError("--resume continues the run in --out and --overwrite starts afresh there; pass one")
 
@@ -235,19 +236,22 @@ def refresh_bn_stats(generator: Generator, seed: int = 0) -> Generator:
     return generator.eval()
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, Callable[[], Any]]:
-    """(precision actually used, factory of the autocast context) for this device."""
-    if precision == "bf16":
-        if device.type == "mps":
-            print(f"{PROG}: note: bf16 autocast is not used on mps; training in fp32")
-            precision = "fp32"
-        elif device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            print(f"{PROG}: note: this GPU has no bf16; training in fp32")
-            precision = "fp32"
-    if precision == "fp32":
-        return "fp32", contextlib.nullcontext
-    # Master weights and optimiser state stay float32; only matmuls and activations run in bf16.
-    return "bf16", lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def resolve_precision(precision: str, device: torch.device, generator: Generator | None = None,
+                      discriminator: Discriminator | None = None, batch_size: int = 64) -> tuple[str, str]:
+    """(bf16 or fp32, why) for --precision on this device; auto times both on copies of G and D.
+
+    bf16 autocast keeps master weights and optimiser state in float32; only matmuls and
+    activations run in bf16. It is not used on mps, nor on a GPU without bf16.
+    """
+    if device.type == "mps" and precision != "fp32":
+        return "fp32", "bf16 autocast is not used on mps"
+    if device.type == "cuda" and precision != "fp32" and not torch.cuda.is_bf16_supported():
+        return "fp32", "this GPU has no bf16"
+    if precision != "auto":
+        return precision, "--precision"
+    if generator is None or discriminator is None:
+        raise ValueError("--precision auto needs the models to time")
+    return choose_precision(generator, discriminator, batch_size, device)
 
 
 # ----------------------------------------------------------------------------- a run in progress
@@ -266,7 +270,7 @@ class Run:
     ema: Generator | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    precision: str  # the one actually used (resolve_precision)
+    precision: str  # bf16 or fp32, what --precision resolved to
     autocast: Callable[[], Any]
     shuffle_gen: torch.Generator  # its own stream: shuffling never shifts the noise
     fixed_noise: torch.Tensor  # (25, latent_dim): every grid of a run shows these latents
@@ -276,6 +280,7 @@ class Run:
     iteration: int = 0  # updates done
     window: list[torch.Tensor] = field(default_factory=list)  # train_step's stats since the last CSV row
     bar: Any = None  # the progress bar while the loop runs
+    precision_why: str = ""  # how the precision was chosen (--precision auto times both)
 
     @property
     def n_train(self) -> int:
@@ -312,19 +317,8 @@ def check_memory(config: Config, device: torch.device) -> None:
     # Per image: z, G's and D's activations (D sees 2B images, then B again) and their gradients.
     per_image = 4 * 2 * (config.latent_dim + 20_000)
     batch = max(config.batch_size, BN_REFRESH_SIZE)
-    fits(models, f"--latent_dim {config.latent_dim}", device)
-    fits(models + batch * per_image, f"--batch_size {config.batch_size} with --latent_dim {config.latent_dim}", device)
-
-
-def fits(nbytes: float, what: str, device: torch.device) -> None:
-    """cs324_utils.check_fits against the GPU's free memory on CUDA, the machine's memory elsewhere."""
-    if device.type != "cuda":
-        check_fits(nbytes, what)
-        return
-    free, _ = torch.cuda.mem_get_info(device)
-    if nbytes > free:
-        raise UserError(f"{what} needs about {nbytes / 2**30:.1f} GiB of GPU memory; "
-                        f"{device} has {free / 2**30:.1f} GiB free")
+    check_fits(models, f"--latent_dim {config.latent_dim}", device)
+    check_fits(models + batch * per_image, f"--batch_size {config.batch_size} with --latent_dim {config.latent_dim}", device)
 
 
 def load_scorer() -> Callable[..., dict]:
@@ -361,11 +355,14 @@ def build_run(config: Config, device: torch.device, folder: RunFolder, images: t
     set_seed(config.seed)
     generator, discriminator, ema = build_models(config, device)
     opt_g, opt_d = make_optimizers(generator, discriminator, config.lr, device)
-    precision, autocast = resolve_precision(config.precision, device)
+    # auto is timed on copies under a forked RNG: the run's weights and random streams are untouched.
+    precision, why = resolve_precision(config.precision, device, generator, discriminator, config.batch_size)
+    config = replace(config, precision=precision)  # the checkpoint records what the run trains in
+    autocast = autocast_factory(precision, device)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     fixed_noise = torch.randn(N_SAMPLES, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
     return Run(config, device, folder, images, generator, discriminator, ema, opt_g, opt_d, precision, autocast,
-               shuffle_gen, fixed_noise)
+               shuffle_gen, fixed_noise, precision_why=why)
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
@@ -393,12 +390,17 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
 def setup_run(config: Config, command: str | None) -> Run:
     """Check everything the run needs (cheapest first), build it, and start its folder."""
     device = pick_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     check_memory(config, device)
     folder = RunFolder(config.out, PROG)
     folder.claim(config.resume, config.overwrite)
     ckpt = folder.load_checkpoint(config, RESUME_MUST_MATCH) if config.resume else None
+    asked = config
+    if ckpt is not None:  # auto settings continue as the run resolved them: the same rounding as before
+        saved = ckpt["config"]
+        config = replace(config, precision=saved["precision"] if config.precision == "auto" else config.precision,
+                         threads=config.threads or saved.get("threads", 0))
+    threads, threads_why = set_threads(config.threads)
+    config = replace(config, threads=threads)
     scorer = load_scorer() if config.eval_scores else None  # now rather than after hours of training
     run = build_run(config, device, folder, load_images(config, device))
     run.scorer = scorer
@@ -406,11 +408,13 @@ def setup_run(config: Config, command: str | None) -> Run:
         restore(run, ckpt)
     run.fixed_noise = run.fixed_noise.to(device)
 
-    record = {**asdict(config), "precision_used": run.precision, "device_used": str(device),
+    record = {**asdict(run.config), "precision_asked": asked.precision, "threads_asked": asked.threads,
+              "device_used": str(device),
               "n_train": run.n_train, "iterations_per_epoch": run.iters_per_epoch,
               "command": command, "resumed_at_iteration": run.iteration}
     folder.start(record, resumed_at=None if ckpt is None else run.iteration)
-    print(f"{PROG}: {device} {run.precision}, {run.n_train} images, {run.iters_per_epoch} iterations/epoch of "
+    print(f"{PROG}: {device}, {run.precision} ({run.precision_why}), {threads} threads ({threads_why}); "
+          f"{run.n_train} images, {run.iters_per_epoch} iterations/epoch of "
           f"{config.batch_size} (last {run.n_train % config.batch_size} images of each shuffle dropped), "
           f"{'resuming at iteration ' + str(run.iteration) if ckpt else 'new run'} -> {folder.out}")
     if ckpt is None:
@@ -577,8 +581,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed (0 to 2**32-1) of weights, noise, shuffling and the fixed grid noise")
     p.add_argument("--device", default=d.device, help="where to train: auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default=d.precision, choices=["bf16", "fp32"],
-                   help="bf16 autocast (float32 master weights) or plain float32")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"],
+                   help="bf16 autocast (float32 master weights) or plain float32; auto times both at start-up "
+                        "and keeps bf16 only if clearly faster here (a seeded run repeats exactly with a fixed choice)")
     p.add_argument("--d_dropout", type=float, default=d.d_dropout, help="dropout after D's hidden layers (0: none)")
     p.add_argument("--label_smoothing", type=float, default=d.label_smoothing,
                    help="one-sided: D's target for real images is 1 minus this (0: none)")
@@ -587,8 +592,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--lr_decay", default=d.lr_decay, choices=["none", "linear"],
                    help="linear: --lr for the first half of training, then linearly down to 0 at the end")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads (0: torch's default); on a machine busy with other jobs, 1 can be several "
-                        "times faster, since OpenMP threads spin-wait for a descheduled partner")
+                   help="CPU threads; 0: as many as cores are idle at start-up, since torch's threads spin-wait "
+                        "for each other and a core taken by another job slows every operation (a seeded run "
+                        "repeats exactly with the same --threads)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an earlier run, deleting that run's outputs")

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from cs324_utils import (
     UserError,
     all_finite,
+    atomic_save,
     atomic_write,
     check_writable_dir,
     refuse_existing_run,
@@ -33,7 +34,7 @@ from cs324_utils import (
     safe_load,
     write_json,
 )
-from models import Generator, save_atomically, save_generator
+from models import Generator, save_generator
 from sampling import generate
 
 LOG_EVERY = 50  # iterations averaged into one row of losses.csv
@@ -130,7 +131,7 @@ class RunFolder:
         """checkpoint.pt, atomically; a state holding a non-finite tensor is refused, not written."""
         if not all_finite(list(tensors_in(state))):
             raise UserError(f"refusing to write non-finite weights to {self.checkpoint}")
-        save_atomically(state, self.checkpoint)
+        atomic_save(state, self.checkpoint)
 
     def plot_losses(self) -> None:
         plot_losses(self.csv, self.out / "losses.png")
@@ -145,6 +146,8 @@ class RunFolder:
 
 def same_setting(name: str, saved: Any, value: Any) -> bool:
     """Whether a checkpoint's setting equals the run's; folders by where they are, not how they were typed."""
+    if name == "precision" and value == "auto":  # auto continues in what the run resolved it to
+        return True
     if name.endswith("_dir") and isinstance(saved, str) and isinstance(value, str):
         return Path(saved).resolve() == Path(value).resolve()
     return saved == value

@@ -55,7 +55,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two epochs straight, in-process, the default bf16 path."""
+    """Two epochs straight, in-process, at the default precision (auto)."""
     out = tmp_path_factory.mktemp("straight")
     train(Config(n_epochs=2, data_dir=str(tiny_data), out=str(out), **TINY))
     return out
@@ -140,7 +140,7 @@ def test_train_step_updates_both_networks(precision: str) -> None:
     torch.manual_seed(0)
     g, d = Generator(16), Discriminator()
     opt_g, opt_d = my_gan.make_optimizers(g, d, 1e-3, torch.device("cpu"))
-    _, autocast = my_gan.resolve_precision(precision, torch.device("cpu"))
+    autocast = my_gan.autocast_factory(precision, torch.device("cpu"))
     g0 = [p.detach().clone() for p in g.parameters()]
     d0 = [p.detach().clone() for p in d.parameters()]
     stats = my_gan.train_step(g, d, opt_g, opt_d, torch.rand(8, 1, 28, 28) * 2 - 1, autocast)
@@ -450,3 +450,27 @@ def test_real_mnist_loads() -> None:
     assert images.shape == (60000, 1, 28, 28) and images.dtype == torch.float32
     assert images.min() == -1 and images.max() == 1
     assert labels.shape == (60000,) and set(labels.unique().tolist()) == set(range(10))
+
+
+def test_precision_auto_records_its_choice_and_spares_the_seeded_run(tiny_data: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto times both precisions on copies under a forked RNG: the run equals one with its choice given."""
+    cfg = dict(n_epochs=1, batch_size=16, latent_dim=8, data_dir=str(tiny_data), download=False, threads=1)
+    train(Config(**cfg, out=str(tmp_path / "auto")))
+    chosen = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert chosen["precision_asked"] == "auto" and chosen["precision"] in ("bf16", "fp32")
+    train(Config(**cfg, out=str(tmp_path / "given"), precision=chosen["precision"]))
+    assert_same_state(final_state(tmp_path / "auto"), final_state(tmp_path / "given"))
+    # A resume with auto continues in the recorded precision, whatever a new timing would say.
+    monkeypatch.setattr(my_gan, "choose_precision", lambda *a: pytest.fail("a resume must not re-time"))
+    train(Config(**{**cfg, "n_epochs": 2}, out=str(tmp_path / "auto"), resume=True))
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["precision"] == chosen["precision"]
+
+
+def test_precision_auto_keeps_bf16_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pick_precision
+
+    g, d = Generator(8), Discriminator()
+    for bf16, fp32, want in ((0.80, 1.0, "bf16"), (0.90, 1.0, "fp32"), (1.2, 1.0, "fp32")):
+        monkeypatch.setattr(pick_precision, "time_precisions", lambda *a, t={"bf16": bf16, "fp32": fp32}: t)
+        assert pick_precision.choose_precision(g, d, 16, torch.device("cpu"))[0] == want

@@ -1,0 +1,75 @@
+"""--precision auto: time one G+D forward and backward in bf16 autocast and in float32, keep the faster.
+
+Which one wins depends on the processor: on an AMD EPYC with AVX-512 BF16 the bf16 step was about
+1.5x faster (part2/results/bench_gan.txt), on an Intel Xeon with AMX about 6% slower, and on a GPU
+these small layers are launch-bound and bf16 only adds casts. So it is measured on the machine at
+hand, in a fraction of a second, on copies of the models and under a forked random state: the run's
+own weights and random streams are untouched. bf16 must win by MARGIN to be chosen, so that
+timing noise cannot flip a close call between two runs on one machine (the choice changes the
+rounding, and so a seeded run's exact numbers). The choice is printed and saved in config.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+MARGIN = 0.85  # bf16 is chosen only when its step takes less than this fraction of float32's
+WARMUP, ROUNDS = 3, 7
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
+    """The context each forward pass runs in: bf16 autocast (float32 master weights) or nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_precisions(generator: nn.Module, discriminator: nn.Module, batch_size: int,
+                    device: torch.device) -> dict[str, float]:
+    """Median seconds of one G forward + D forward and backward on 3 batch_size rows, per precision."""
+    G, D = copy.deepcopy(generator).train(), copy.deepcopy(discriminator).train()
+    rng = torch.Generator().manual_seed(0)
+    z = torch.randn(batch_size, G.latent_dim, generator=rng).to(device)
+    real = (torch.rand(batch_size, 1, 28, 28, generator=rng) * 2 - 1).to(device)
+    contexts = {p: autocast_factory(p, device) for p in ("fp32", "bf16")}
+    times: dict[str, list[float]] = {p: [] for p in contexts}
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):  # dropout draws here must not shift the run's stream
+        for r in range(WARMUP + ROUNDS):
+            for precision, autocast in contexts.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                with autocast():
+                    fake = G(z)
+                    logits = D(torch.cat([real.to(fake.dtype), fake])).float()
+                    logits_gen = D(fake).float()
+                (logits.sum() + logits_gen.sum()).backward()
+                _sync(device)
+                if r >= WARMUP:
+                    times[precision].append(time.perf_counter() - t0)
+    return {p: statistics.median(t) for p, t in times.items()}
+
+
+def choose_precision(generator: nn.Module, discriminator: nn.Module, batch_size: int,
+                     device: torch.device) -> tuple[str, str]:
+    """("bf16" or "fp32", a one-line reason with the timings) for --precision auto."""
+    if device.type == "mps":
+        return "fp32", "bf16 autocast is not used on mps"
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp32", "this GPU has no bf16"
+    t = time_precisions(generator, discriminator, batch_size, device)
+    choice = "bf16" if t["bf16"] < MARGIN * t["fp32"] else "fp32"
+    return choice, f"measured bf16 {1000 * t['bf16']:.1f} ms vs fp32 {1000 * t['fp32']:.1f} ms a step"
