@@ -15,9 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed
 
+# The demo runs have folders of their own, which each `make demo` starts afresh (--overwrite).
 demo: venv
-	$(PY) part1/train.py --input_length 20
-	$(PY) part2/my_gan.py --n_epochs 1 --data_dir $(DATA_DIR) --out part2/runs/demo
+	$(PY) part1/train.py --input_length 20 --out part1/runs/demo --overwrite
+	$(PY) part2/my_gan.py --n_epochs 1 --data_dir $(DATA_DIR) --out part2/runs/demo --overwrite
 
 # One thread: the tests train tiny models, and on a busy machine OpenMP threads spin-waiting
 # for a descheduled partner can make a step ten times slower.
