@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, atomic_save, safe_load
+from cs324_utils import UserError, all_finite, atomic_save, safe_load
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,8 +52,10 @@ class DigitClassifier(nn.Module):
 
 
 def save_classifier(model: DigitClassifier, path: str | Path, info: dict | None = None) -> None:
-    """Save weights plus a small info dict (test accuracy, command) atomically."""
+    """Save weights plus a small info dict (test accuracy, command) atomically; non-finite weights are refused."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not all_finite(state):
+        raise UserError(f"refusing to save {path}: the classifier's weights are not all finite")
     atomic_save({"kind": KIND, "state_dict": state, "info": dict(info or {})}, path)
 
 
@@ -61,7 +63,8 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
     """DigitClassifier in eval mode from a file of save_classifier (default: the committed results/classifier.pt)."""
     path = Path(path) if path is not None else DEFAULT_CLASSIFIER
     if not path.is_file():
-        raise UserError(f"classifier file not found: {path} (make one with: python part2/train_classifier.py)")
+        raise UserError(f"classifier file not found: {path} (make one with: python part2/train_classifier.py "
+                        f"--out {path})")
     obj = safe_load(path, "classifier file")
     if obj.get("kind") != KIND or not isinstance(obj.get("state_dict"), dict):
         raise UserError(f"{path} is not a digit classifier file of this repository (made by train_classifier.py)")
@@ -70,6 +73,8 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
         model.load_state_dict(obj["state_dict"])
     except RuntimeError:
         raise UserError(f"{path} holds weights that do not fit DigitClassifier (retrain with train_classifier.py)") from None
+    if not all_finite(obj["state_dict"]):
+        raise UserError(f"{path} holds non-finite weights (retrain with train_classifier.py)")
     model.info = obj.get("info", {})  # type: ignore[attr-defined]  # kept for score metadata
     return model.to(device).eval()
 

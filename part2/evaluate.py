@@ -19,26 +19,40 @@ from pathlib import Path
 
 import torch
 
-from classifier import DEFAULT_CLASSIFIER, FEATURE_DIM, DigitClassifier, classify, load_classifier
+from classifier import DEFAULT_CLASSIFIER, FEATURE_DIM, N_CLASSES, DigitClassifier, classify, load_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, pick_device, repo_relative, write_json
+from cs324_utils import (
+    OneLineParser,
+    UserError,
+    check_fits,
+    check_seed,
+    check_writable_dir,
+    pick_device,
+    repo_relative,
+    run_cli,
+    write_json,
+)
 from mnist_data import load_mnist
-from models import load_generator
+from models import IMG_PIXELS, load_generator
 from sampling import generate, latents
 from scores import CONFIDENCE, all_scores, feature_stats
 
 HERE = Path(__file__).resolve().parent
+PROG = "evaluate.py"
 
 STAGES = ("start", "half", "end")
 IS_SPLITS = 10
+# float32 image and a latent of up to 1024 dims, float64 features and probabilities: what one sample holds
+SAMPLE_BYTES = 4 * (IMG_PIXELS + 1024) + 8 * (FEATURE_DIM + N_CLASSES)
 
 
-def as_device(device: str | torch.device) -> torch.device:
-    """Accept "auto"/"cpu"/"cuda"/"mps" (checked by pick_device), "cuda:1" or a torch.device."""
-    if isinstance(device, torch.device):
-        return device
-    return pick_device(device) if device in ("auto", "cpu", "cuda", "mps") else torch.device(device)
+def check_sampling(n_samples: int, seed: int) -> None:
+    """Refuse a sample count that gives no covariance or cannot fit in memory, and a seed numpy cannot take."""
+    if n_samples < 2:
+        raise UserError(f"--n_samples must be >= 2 (a covariance needs two samples), got {n_samples}")
+    check_fits(n_samples * SAMPLE_BYTES, f"--n_samples {n_samples}")
+    check_seed(seed)
 
 
 def score_generator(generator: torch.nn.Module, classifier: DigitClassifier, ref_mu: torch.Tensor,
@@ -59,17 +73,17 @@ def score_real(train_images: torch.Tensor, classifier: DigitClassifier, ref_mu: 
 
 
 def score_generators(paths: dict[str, Path], data_dir: str | Path, classifier_path: str | Path | None = None,
-                     device: str | torch.device = "cpu", n_samples: int = 10000, seed: int = 0) -> dict:
+                     device: str | torch.device = "cpu", n_samples: int = 10000, seed: int = 0,
+                     download: bool = True) -> dict:
     """{name: scores} for each generator file, plus "real" (the floor) and "meta"."""
-    if n_samples < 2:
-        raise UserError(f"--n_samples must be >= 2 (a covariance needs two samples), got {n_samples}")
-    device = as_device(device)
+    check_sampling(n_samples, seed)
+    device = device if isinstance(device, torch.device) else pick_device(device)
     begin = time.time()
     # Load every file before the data, so a bad path fails in the first second.
     generators = {name: load_generator(path, device) for name, path in paths.items()}
     classifier = load_classifier(classifier_path, device)
-    test_images, _ = load_mnist(data_dir, train=False)
-    train_images, _ = load_mnist(data_dir, train=True)
+    test_images, _ = load_mnist(data_dir, train=False, download=download)
+    train_images, _ = load_mnist(data_dir, train=True, download=download)
 
     ref_feats, _ = classify(classifier, test_images)
     ref_mu, ref_sigma = feature_stats(ref_feats)
@@ -95,7 +109,8 @@ def score_generators(paths: dict[str, Path], data_dir: str | Path, classifier_pa
 
 
 def score_run(run_dir: str | Path, data_dir: str | Path, classifier_path: str | Path | None = None,
-              device: str | torch.device = "cpu", n_samples: int = 10000, seed: int = 0) -> dict:
+              device: str | torch.device = "cpu", n_samples: int = 10000, seed: int = 0,
+              download: bool = True) -> dict:
     """Score generator_{start,half,end}.pt of a my_gan.py run folder plus the real floor; write run_dir/scores.json.
 
     Stages whose file is missing (a run stopped early) are skipped and listed in meta["missing"].
@@ -106,7 +121,8 @@ def score_run(run_dir: str | Path, data_dir: str | Path, classifier_path: str | 
     paths = {s: run_dir / f"generator_{s}.pt" for s in STAGES if (run_dir / f"generator_{s}.pt").is_file()}
     if not paths:
         raise UserError(f"{run_dir} holds none of generator_start.pt, generator_half.pt, generator_end.pt")
-    result = score_generators(paths, data_dir, classifier_path, device, n_samples, seed)
+    check_writable_dir(run_dir, "run folder")  # before minutes of scoring, not after
+    result = score_generators(paths, data_dir, classifier_path, device, n_samples, seed, download)
     result["meta"]["missing"] = [s for s in STAGES if s not in paths]
     write_json(result, run_dir / "scores.json")
     return result
@@ -124,33 +140,53 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def output_path(target: Path, out: str | None) -> Path:
+    """Where the scores go: --out, else RUN_DIR/scores.json or FILE_scores.json; its folder is checked before work."""
+    if out is None:
+        path = target / "scores.json" if target.is_dir() else target.with_name(f"{target.stem}_scores.json")
+        check_writable_dir(path.parent, "output folder")
+        return path
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file path such as {path / 'scores.json'}")
+    if path.suffix != ".json":  # so a slip of the keyboard cannot write JSON over a generator file
+        raise UserError(f"--out must name a .json file, got {path}")
+    check_writable_dir(path.parent, "--out")
+    return path
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Score a run folder (which gets scores.json) or one generator file; print the table and where it went."""
+    check_sampling(args.n_samples, args.seed)
+    device = pick_device(args.device)
+    target = Path(args.target)
+    if not target.exists():
+        raise UserError(f"not found: {target} (give a my_gan.py run folder or a generator .pt file)")
+    out = output_path(target, args.out)
+    if target.is_dir():  # score_run writes RUN_DIR/scores.json itself
+        result = score_run(target, args.data_dir, args.classifier, device, args.n_samples, args.seed, args.download)
+    else:
+        result = score_generators({"generator": target}, args.data_dir, args.classifier, device,
+                                  args.n_samples, args.seed, args.download)
+    if out != target / "scores.json":
+        write_json(result, out)
+    print(format_table(result))
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("target", help="a run folder of my_gan.py, or one generator file / checkpoint (.pt)")
     p.add_argument("--data_dir", default=str(HERE / "data"), help="folder holding MNIST/raw (default: part2/data)")
+    p.add_argument("--no_download", dest="download", action="store_false",
+                   help="never try to download MNIST (default: download when missing)")
     p.add_argument("--classifier", default=None, help="classifier weights (default: part2/results/classifier.pt)")
     p.add_argument("--n_samples", type=int, default=10000, help="generated and real samples scored (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents and of the real subset (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--out", default=None, help="also write the JSON here (default: RUN_DIR/scores.json, or FILE_scores.json next to FILE)")
-    args = p.parse_args()
-    try:
-        target = Path(args.target)
-        if target.is_dir():  # score_run writes RUN_DIR/scores.json itself
-            result = score_run(target, args.data_dir, args.classifier, args.device, args.n_samples, args.seed)
-            out = target / "scores.json"
-        else:
-            result = score_generators({"generator": target}, args.data_dir, args.classifier, args.device,
-                                      args.n_samples, args.seed)
-            out = target.with_name(f"{target.stem}_scores.json")
-        if args.out or not target.is_dir():
-            out = Path(args.out or out)
-            write_json(result, out)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(format_table(result))
-    print(f"wrote {out}")
+    args = p.parse_args(argv)
+    run_cli(PROG, lambda: evaluate(args))
 
 
 if __name__ == "__main__":

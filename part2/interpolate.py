@@ -1,6 +1,9 @@
 """Interpolate between two latents whose digits the classifier puts in different classes; save a labelled row.
 
-    python part2/interpolate.py RUN_DIR_OR_GENERATOR [--from 3 --to 8] [--spherical]
+    python part2/interpolate.py RUN_DIR_OR_GENERATOR [--from 3 --to 8] [--spherical] [--out FOLDER_OR_PNG]
+
+The PNG goes to --out when it names a .png file, else into the --out folder (default: the generator's
+folder) as interpolation_A_to_B.png, A and B the classes of the endpoints.
 """
 from __future__ import annotations
 
@@ -12,19 +15,41 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from classifier import DigitClassifier, classify, load_classifier
+from classifier import FEATURE_DIM, N_CLASSES, DigitClassifier, classify, load_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, pick_device
-from models import load_generator
+from cs324_utils import (
+    OneLineParser,
+    UserError,
+    atomic_write,
+    check_fits,
+    check_seed,
+    check_writable_dir,
+    pick_device,
+    run_cli,
+)
+from models import IMG_PIXELS, load_generator
 from sampling import generate, latents
 from scores import CONFIDENCE
 
 HERE = Path(__file__).resolve().parent
+PROG = "interpolate.py"
 
 N_IMAGES = 9          # 7 intermediate steps plus the two endpoints
+MAX_IMAGES = 64       # one row of a figure; beyond this the images are too small to read
 N_CANDIDATES = 2000   # latents searched at once for a confident pair
 DEFAULT_RUN = HERE / "results" / "gan"
+
+
+def check_sizes(n_images: int, n_candidates: int, latent_dim: int = 1024) -> None:
+    """Refuse a path too short or too long to draw, and more candidates than memory holds."""
+    if not 2 <= n_images <= MAX_IMAGES:
+        raise UserError(f"--n_images must be from 2 (the two endpoints) to {MAX_IMAGES} (one readable row), "
+                        f"got {n_images}")
+    if n_candidates < 2:
+        raise UserError(f"--candidates must be >= 2, got {n_candidates}")
+    # a latent, an image and the classifier's float64 features and probabilities per candidate
+    check_fits(n_candidates * (4 * (latent_dim + IMG_PIXELS) + 8 * (FEATURE_DIM + N_CLASSES)), f"--candidates {n_candidates}")
 
 
 def check_digit(digit: int | None, flag: str) -> None:
@@ -82,8 +107,7 @@ def interpolation(generator: nn.Module, classifier: DigitClassifier, from_digit:
                   to_digit: int | None = None, n_images: int = N_IMAGES, spherical: bool = False,
                   n_candidates: int = N_CANDIDATES, threshold: float = CONFIDENCE, seed: int = 0) -> dict:
     """Images (n, 1, 28, 28), predicted labels (n,), confidences (n,) and latents (n, D) along the path."""
-    if n_images < 2:
-        raise UserError(f"--n_images must be >= 2 (the two endpoints), got {n_images}")
+    check_sizes(n_images, n_candidates, generator.latent_dim)
     z0, z1 = find_pair(generator, classifier, from_digit, to_digit, n_candidates, threshold, seed)
     z = interpolate(z0, z1, n_images, spherical)
     images = generate(generator, z)
@@ -106,44 +130,69 @@ def plot_interpolation(result: dict, title: str | None = None) -> plt.Figure:
     return fig
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def output_place(out: str | None, generator_path: Path) -> tuple[Path, str | None]:
+    """(folder, file name or None) of the PNG; None means interpolation_A_to_B.png, named once A and B are known."""
+    if out is None:
+        return generator_path.parent, None
+    path = Path(out)
+    if path.is_dir() or path.suffix == "":
+        return path, None
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out must be a .png file or a folder, got {path}")
+    return path.parent, path.name
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before a model is loaded."""
+    check_sizes(args.n_images, args.candidates)
+    check_digit(args.from_digit, "--from")
+    check_digit(args.to_digit, "--to")
+    if not 0 < args.threshold < 1:  # NaN fails this too
+        raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+    check_seed(args.seed)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Find the pair, draw the row, write the PNG atomically where --out says; return its path."""
+    check_args(args)
+    device = pick_device(args.device)
+    path = Path(args.generator)
+    path = path / "generator_end.pt" if path.is_dir() else path
+    folder, name = output_place(args.out, path)
+    generator = load_generator(path, device)
+    classifier = load_classifier(args.classifier, device)
+    check_writable_dir(folder, "--out")
+    result = interpolation(generator, classifier, args.from_digit, args.to_digit, args.n_images,
+                           args.spherical, args.candidates, args.threshold, args.seed)
+    out = folder / (name or f"interpolation_{int(result['labels'][0])}_to_{int(result['labels'][-1])}.png")
+    fig = plot_interpolation(result)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
+    labels = " ".join(f"{int(k)}({float(c):.2f})" for k, c in zip(result["labels"], result["confidences"]))
+    print(f"{labels}\nwrote {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("generator", nargs="?", default=str(DEFAULT_RUN),
                    help="generator file, checkpoint, or run folder (uses generator_end.pt) (default: part2/results/gan)")
     p.add_argument("--classifier", default=None, help="classifier weights (default: part2/results/classifier.pt)")
     p.add_argument("--from", dest="from_digit", type=int, default=None, help="first digit (default: random)")
     p.add_argument("--to", dest="to_digit", type=int, default=None, help="last digit (default: random, != first)")
     p.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
-    p.add_argument("--n_images", type=int, default=N_IMAGES, help="images including endpoints (default: %(default)s)")
+    p.add_argument("--n_images", type=int, default=N_IMAGES,
+                   help=f"images including endpoints, 2..{MAX_IMAGES} (default: %(default)s)")
     p.add_argument("--candidates", type=int, default=N_CANDIDATES, help="latents searched (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=CONFIDENCE, help="endpoint confidence (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps (default: %(default)s)")
-    p.add_argument("--out", default=None, help="PNG path (default: interpolation_A_to_B.png next to the generator)")
-    args = p.parse_args()
-    try:
-        if args.candidates < 2:
-            raise UserError(f"--candidates must be >= 2, got {args.candidates}")
-        if not 0 < args.threshold < 1:
-            raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-        path = Path(args.generator)
-        path = path / "generator_end.pt" if path.is_dir() else path
-        device = pick_device(args.device)
-        generator = load_generator(path, device)
-        classifier = load_classifier(args.classifier, device)
-        result = interpolation(generator, classifier, args.from_digit, args.to_digit, args.n_images,
-                               args.spherical, args.candidates, args.threshold, args.seed)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    a, b = int(result["labels"][0]), int(result["labels"][-1])
-    out = Path(args.out) if args.out else path.parent / f"interpolation_{a}_to_{b}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig = plot_interpolation(result)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    labels = " ".join(f"{int(k)}({float(c):.2f})" for k, c in zip(result["labels"], result["confidences"]))
-    print(f"{labels}\nwrote {out}")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--out", default=None, help="a .png file, or a folder that gets interpolation_A_to_B.png "
+                   "(default: the generator's folder)")
+    args = p.parse_args(argv)
+    run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

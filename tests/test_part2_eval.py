@@ -161,14 +161,13 @@ def assert_one_line_error(returncode: int, stderr: str, needle: str) -> None:
     assert returncode == 2, stderr
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], stderr
+    assert len(lines) == 1 and ": error: " in lines[0] and needle in lines[0], stderr
 
 
-def run_main(module, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Call a CLI's main() in this process (no second torch import); return exit code and stderr."""
-    monkeypatch.setattr(sys, "argv", [module.__file__, *argv])
+def run_main(module, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Call a CLI's main(argv) in this process (no second torch import); return exit code and stderr."""
     with pytest.raises(SystemExit) as exit_info:
-        module.main()
+        module.main(argv)
     return exit_info.value.code, capsys.readouterr().err
 
 
@@ -180,24 +179,90 @@ def test_evaluate_cli_missing_checkpoint(tmp_path: Path) -> None:
 
 
 def test_evaluate_cli_classifier_that_does_not_match(tiny: tuple[Path, Path], tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:
     import evaluate
     run, _ = tiny
     gen = str(run / "generator_end.pt")
     code, err = run_main(evaluate, [gen, "--classifier", gen, "--data_dir", str(tmp_path), "--device", "cpu"],
-                         monkeypatch, capsys)
+                         capsys)
     assert_one_line_error(code, err, "not a digit classifier")
-    code, err = run_main(evaluate, [str(run), "--n_samples", "1", "--device", "cpu"], monkeypatch, capsys)
+    code, err = run_main(evaluate, [str(run), "--n_samples", "1", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "--n_samples")
 
 
-def test_interpolate_cli_bad_digits(tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture) -> None:
+def test_interpolate_cli_bad_digits(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
     import interpolate
     run, clf = tiny
-    code, err = run_main(interpolate, [str(run), "--classifier", str(clf), "--from", "4", "--to", "4"],
-                         monkeypatch, capsys)
+    code, err = run_main(interpolate, [str(run), "--classifier", str(clf), "--from", "4", "--to", "4"], capsys)
     assert_one_line_error(code, err, "different digits")
-    code, err = run_main(interpolate, [str(run), "--classifier", str(clf), "--from", "12"], monkeypatch, capsys)
+    code, err = run_main(interpolate, [str(run), "--classifier", str(clf), "--from", "12"], capsys)
     assert_one_line_error(code, err, "--from")
+
+
+def test_interpolate_writes_where_out_says(tiny: tuple[Path, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """--out FOLDER gets FOLDER/interpolation_A_to_B.png (not FOLDER.png); --out FILE.png gets FILE.png; both reported."""
+    import interpolate
+    run, clf = tiny
+    base = [str(run), "--classifier", str(clf), "--candidates", "500", "--from", "3", "--to", "8"]
+    interpolate.main(base + ["--out", str(tmp_path / "rows")])
+    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert wrote == f"wrote {tmp_path / 'rows' / 'interpolation_3_to_8.png'}"
+    assert (tmp_path / "rows" / "interpolation_3_to_8.png").is_file() and not (tmp_path / "rows.png").exists()
+    interpolate.main(base + ["--out", str(tmp_path / "one" / "row.png")])
+    assert capsys.readouterr().out.strip().endswith(f"wrote {tmp_path / 'one' / 'row.png'}")
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["row.png"]  # no temp file left beside it
+    assert not list(run.glob("interpolation*.png"))  # nothing written next to the generator
+
+
+# --- damaged MNIST files: named as damaged, never as a download problem -------------------------
+
+def damage(data_dir: Path, name: str, how: str) -> None:
+    path = data_dir / "MNIST" / "raw" / name
+    raw = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "magic":
+        path.write_bytes(b"\x00\x00\x08\x01" + raw[4:])  # an IDX file, but not of MNIST's images
+    elif how == "count":
+        path.write_bytes(raw[:4] + (10**6).to_bytes(4, "big") + raw[8:])  # header promises more than is there
+
+
+@pytest.mark.parametrize("name,how", [("train-images-idx3-ubyte", "truncated"), ("train-labels-idx1-ubyte", "empty"),
+                                      ("train-images-idx3-ubyte", "magic"), ("train-labels-idx1-ubyte", "count")])
+def test_damaged_mnist_is_named(fake_mnist: Path, name: str, how: str) -> None:
+    from mnist_data import load_mnist
+
+    damage(fake_mnist, name, how)
+    with pytest.raises(UserError, match="not a download problem") as info:
+        load_mnist(fake_mnist, train=True, download=True)  # download allowed: it must still not be tried
+    assert f"{name} is damaged" in str(info.value) and "download" not in str(info.value).split(";")[0]
+    assert load_mnist(fake_mnist, train=False, download=False)[0].shape == (64, 1, 28, 28)  # the other split reads
+
+
+def test_mismatched_mnist_split_and_missing_file(fake_mnist: Path) -> None:
+    from conftest import write_fake_mnist
+    from mnist_data import load_mnist
+
+    other = write_fake_mnist(fake_mnist.parent / "other", n_train=128)
+    raw = Path("MNIST") / "raw" / "train-labels-idx1-ubyte"
+    (fake_mnist / raw).write_bytes((other / raw).read_bytes())  # 256 images, 128 labels
+    with pytest.raises(UserError, match="256 images but 128 labels"):
+        load_mnist(fake_mnist, train=True, download=False)
+    (fake_mnist / raw).unlink()
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte not found and downloading is off"):
+        load_mnist(fake_mnist, train=True, download=False)
+
+
+def test_non_finite_classifier_is_neither_saved_nor_loaded(tmp_path: Path) -> None:
+    clf = DigitClassifier()
+    with torch.no_grad():
+        clf.head.bias[3] = float("nan")
+    with pytest.raises(UserError, match="not all finite"):
+        save_classifier(clf, tmp_path / "nan.pt")
+    assert list(tmp_path.iterdir()) == []
+    torch.save({"kind": "digit_classifier", "state_dict": clf.state_dict(), "info": {}}, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match="non-finite"):
+        load_classifier(tmp_path / "nan.pt")
