@@ -168,10 +168,12 @@ def evaluate(args: argparse.Namespace) -> None:
     else:
         result = score_generators({"generator": target}, args.data_dir, args.classifier, device,
                                   args.n_samples, args.seed, args.download)
-    if out != target / "scores.json":
+    written = [target / "scores.json"] if target.is_dir() else []
+    if out not in written:
         write_json(result, out)
+        written.append(out)
     print(format_table(result))
-    print(f"wrote {out}")
+    print("wrote " + " and ".join(str(p) for p in written))
 
 
 def main(argv: list[str] | None = None) -> None:
