@@ -205,6 +205,12 @@ def refuse_existing_run(out: str | Path, markers: tuple[str, ...], resume: bool,
                         f"start afresh there with --overwrite, or choose another --out")
 
 
+def refuse_replacing(path: str | Path, overwrite: bool) -> None:
+    """Stop before a result file that exists is replaced, unless --overwrite asked for it by name."""
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+
+
 def memory_bytes() -> int:
     """Memory this machine could still give a run (MemAvailable on Linux, else physical memory)."""
     try:

@@ -29,6 +29,7 @@ from cs324_utils import (
     check_seed,
     check_writable_dir,
     pick_device,
+    refuse_replacing,
     repo_relative,
     run_cli,
     write_json,
@@ -163,6 +164,8 @@ def evaluate(args: argparse.Namespace) -> None:
     if not target.exists():
         raise UserError(f"not found: {target} (give a my_gan.py run folder or a generator .pt file)")
     out = output_path(target, args.out)
+    for path in {out, target / "scores.json"} if target.is_dir() else {out}:
+        refuse_replacing(path, args.overwrite)
     if target.is_dir():  # score_run writes RUN_DIR/scores.json itself
         result = score_run(target, args.data_dir, args.classifier, device, args.n_samples, args.seed, args.download)
     else:
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the latents and of the real subset (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--out", default=None, help="also write the JSON here (default: RUN_DIR/scores.json, or FILE_scores.json next to FILE)")
+    p.add_argument("--overwrite", action="store_true", help="replace score files that exist (committed ones too)")
     args = p.parse_args(argv)
     run_cli(PROG, lambda: evaluate(args))
 

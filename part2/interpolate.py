@@ -26,6 +26,7 @@ from cs324_utils import (
     check_seed,
     check_writable_dir,
     pick_device,
+    refuse_replacing,
     run_cli,
 )
 from models import IMG_PIXELS, load_generator
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> Path:
     result = interpolation(generator, classifier, args.from_digit, args.to_digit, args.n_images,
                            args.spherical, args.candidates, args.threshold, args.seed)
     out = folder / (name or f"interpolation_{int(result['labels'][0])}_to_{int(result['labels'][-1])}.png")
+    refuse_replacing(out, args.overwrite)
     fig = plot_interpolation(result)
     try:
         atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--out", default=None, help="a .png file, or a folder that gets interpolation_A_to_B.png "
                    "(default: the generator's folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace the PNG if it exists (a committed one too)")
     args = p.parse_args(argv)
     run_cli(PROG, lambda: run(args))
 

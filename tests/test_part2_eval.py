@@ -215,6 +215,30 @@ def test_interpolate_writes_where_out_says(tiny: tuple[Path, Path], tmp_path: Pa
     assert not list(run.glob("interpolation*.png"))  # nothing written next to the generator
 
 
+def test_results_that_exist_are_replaced_only_with_overwrite(tiny: tuple[Path, Path], fake_mnist: Path,
+                                                              tmp_path: Path) -> None:
+    """evaluate.py and interpolate.py refuse to replace a score file or PNG (a committed one, say) unless asked."""
+    import evaluate
+    import interpolate
+    run, clf = tiny
+    png = tmp_path / "row.png"
+    png.write_bytes(b"earlier")
+    scores = tmp_path / "scores.json"
+    scores.write_text("{}")
+    calls = [(interpolate.main, [str(run), "--classifier", str(clf), "--candidates", "500", "--from", "3", "--to", "8",
+                                 "--out", str(png)]),
+             (evaluate.main, [str(run / "generator_end.pt"), "--classifier", str(clf), "--data_dir", str(fake_mnist),
+                              "--n_samples", "50", "--no_download", "--out", str(scores)])]
+    for main, args in calls:
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2
+    assert png.read_bytes() == b"earlier" and scores.read_text() == "{}"
+    for main, args in calls:
+        main(args + ["--overwrite"])
+    assert png.read_bytes()[:4] == b"\x89PNG" and "fid" in json.loads(scores.read_text())["generator"]
+
+
 # --- damaged MNIST files: named as damaged, never as a download problem -------------------------
 
 def damage(data_dir: Path, name: str, how: str) -> None:
