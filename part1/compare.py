@@ -2,28 +2,48 @@
 
 Trains both models at each input length for several seeds under the same budget (steps,
 learning rate, data, stopping rule), then writes compare.md (table), compare.png
-(accuracy against length) and compare.json to --out. Finished runs are kept and skipped
-when the command is run again, so an interrupted sweep picks up where it stopped.
+(accuracy against length) and compare.json to --out, one run folder per model, length and seed.
+An --out that holds a sweep is continued with --resume (finished runs are kept and skipped,
+interrupted ones resume from their checkpoint, and every kept run must have been made with the
+settings given now) or trained afresh with --overwrite.
 
     python compare.py                                  # lengths 4 9 19 29 49 99, seeds 0 1 2
     python compare.py --lengths 4 9 19 --seeds 0 --max_steps 3000   # a few minutes
+    python compare.py --resume                         # continue an interrupted sweep
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from train import Config, train
+import lstm_kernel
+from train import RUN_CONTROL, Config, TrainingInterrupted, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, atomic_write, write_json
+from cs324_utils import (
+    OneLineParser,
+    UserError,
+    atomic_write,
+    check_writable_dir,
+    pick_device,
+    refuse_existing_run,
+    run_cli,
+    safe_load,
+    write_json,
+)
 
 HERE = Path(__file__).resolve().parent
-
+PROG = "compare.py"
 MODELS = ("lstm", "rnn")
+SUMMARY = "compare.json"
+OUTPUTS = (SUMMARY, "compare.md", "compare.png")
+# Settings a kept run may have been made with differently: how this invocation runs, and the
+# thread count (speed only).
+MAY_DIFFER = (*RUN_CONTROL, "threads")
 
 
 def run_config(model: str, length: int, seed: int, args: argparse.Namespace) -> Config:
@@ -34,28 +54,100 @@ def run_config(model: str, length: int, seed: int, args: argparse.Namespace) -> 
         max_norm=args.max_norm, data_size=args.data_size, max_epoch=10**6, max_steps=args.max_steps,
         target_accuracy=args.target_accuracy, eval_every=args.eval_every,
         chrono=args.lstm_init == "chrono", forget_bias=args.forget_bias,
-        device=args.device, out=str(Path(args.out) / f"{model}_len{length}_seed{seed}"), progress=False,
+        device=args.device, threads=args.threads, lstm_impl=args.lstm_impl,
+        out=str(Path(args.out) / f"{model}_len{length}_seed{seed}"), progress=False,
+        overwrite=args.overwrite,
     )
 
 
-def run_all(args: argparse.Namespace) -> list[dict]:
+def plan(args: argparse.Namespace) -> list[Config]:
+    """Every run of the sweep, validated before the first one trains."""
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the sweep in --out and --overwrite trains it afresh; give one of them")
+    for flag, values in (("--lengths", args.lengths), ("--seeds", args.seeds), ("--models", args.models)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise UserError(f"{flag} lists {repeated[0]} more than once")
+    if min(args.lengths) < 1:
+        raise UserError(f"--lengths must be >= 1, got {min(args.lengths)}")
+    if args.max_steps < 1:
+        raise UserError(f"--max_steps must be >= 1, got {args.max_steps}")
+    configs = [run_config(model, length, seed, args).validate(warn=False)
+               for length in args.lengths for model in args.models for seed in args.seeds]
+    if "lstm" in args.models:
+        lstm_kernel.check_environment()
+    device = pick_device(args.device)
+    for config in configs:
+        config.check_memory(device)
+    for length in args.lengths:  # one warning a length, once every run is known to be valid
+        capped = next(c.data_size for c in configs if c.input_length == length)
+        if capped < args.data_size:
+            print(f"warning: --data_size {args.data_size} exceeds the {capped} distinct palindromes of length "
+                  f"{length + 1}; using {capped}", file=sys.stderr)
+    return configs
+
+
+def prepare_out(args: argparse.Namespace, configs: list[Config]) -> None:
+    """Refuse to write over an earlier sweep unless --resume or --overwrite says what to do with it."""
+    markers = (SUMMARY, *(Path(c.out).name for c in configs))
+    refuse_existing_run(args.out, markers, args.resume, args.overwrite)
+    out = check_writable_dir(args.out)
+    if args.overwrite:  # asked for by name: the old summary must not stand beside runs trained afresh
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+
+
+def kept_run(config: Config) -> dict | None:
+    """With --resume: the metrics of a finished run made with these settings, None if it must (still) train.
+
+    A kept run or checkpoint made with other settings is refused: the table would state one budget
+    and hold runs of another.
+    """
+    out = Path(config.out)
+    if (out / "metrics.json").is_file():
+        try:
+            metrics = json.loads((out / "metrics.json").read_text())
+            saved = metrics["config"]
+        except (ValueError, KeyError, TypeError, OSError):
+            raise UserError(f"--resume: {out / 'metrics.json'} is not a metrics file of train.py") from None
+        check_same_settings(saved, config, out / "metrics.json")
+        return metrics
+    if (out / "checkpoint.pt").is_file():
+        check_same_settings(safe_load(out / "checkpoint.pt", "--resume: checkpoint").get("config", {}), config,
+                            out / "checkpoint.pt")
+        config.resume = True
+    return None
+
+
+def check_same_settings(saved: dict, config: Config, path: Path) -> None:
+    for f in dataclasses.fields(Config):
+        if f.name in MAY_DIFFER:
+            continue
+        # A run recorded before a setting existed used that setting's default.
+        if saved.get(f.name, f.default) != getattr(config, f.name):
+            raise UserError(f"--resume: {path} was made with --{f.name} {saved.get(f.name, f.default)}, not "
+                            f"{getattr(config, f.name)}; give the sweep's settings, --overwrite, or another --out")
+
+
+def run_all(args: argparse.Namespace, configs: list[Config]) -> list[dict]:
     rows = []
-    for length in args.lengths:
-        for model in args.models:
-            for seed in args.seeds:
-                config = run_config(model, length, seed, args)
-                metrics_path = Path(config.out) / "metrics.json"
-                if metrics_path.is_file() and not args.rerun:
-                    metrics = json.loads(metrics_path.read_text())
-                else:
-                    config.resume = (Path(config.out) / "checkpoint.pt").is_file() and not args.rerun
-                    metrics = train(config)
-                print(f"{model} length {length} seed {seed}: val_accuracy {metrics['val_accuracy']:.4f}, "
-                      f"steps to 99% {metrics['steps_to_99']}, {metrics['wall_time_s']:.0f} s", flush=True)
-                rows.append({"model": model, "input_length": length, "seed": seed,
-                             "lstm_init": describe_init(config) if model == "lstm" else None,
-                             "val_accuracy": metrics["val_accuracy"], "steps": metrics["steps"],
-                             "steps_to_99": metrics["steps_to_99"], "wall_time_s": metrics["wall_time_s"]})
+    for config in configs:
+        metrics = kept_run(config) if args.resume else None
+        if metrics is None:
+            try:
+                metrics = train(config)
+            except TrainingInterrupted as exc:
+                print(f"{PROG}: interrupted in {config.model} length {config.input_length} seed {config.seed} at step "
+                      f"{exc.step}; checkpoint saved to {exc.checkpoint}; continue the sweep with the same flags "
+                      f"plus --resume", file=sys.stderr)
+                sys.exit(130)
+        print(f"{config.model} length {config.input_length} seed {config.seed}: val_accuracy "
+              f"{metrics['val_accuracy']:.4f}, steps to 99% {metrics['steps_to_99']}, {metrics['wall_time_s']:.0f} s",
+              flush=True)
+        rows.append({"model": config.model, "input_length": config.input_length, "seed": config.seed,
+                     "lstm_init": describe_init(config) if config.model == "lstm" else None,
+                     "val_accuracy": metrics["val_accuracy"], "steps": metrics["steps"],
+                     "steps_to_99": metrics["steps_to_99"], "wall_time_s": metrics["wall_time_s"]})
     return rows
 
 
@@ -125,9 +217,9 @@ def plot(rows: list[dict], summary: list[dict], path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = Config()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[4, 9, 19, 29, 49, 99], help="input lengths (default: 4 9 19 29 49 99)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models (default: lstm rnn)")
@@ -143,25 +235,36 @@ def main() -> None:
     p.add_argument("--lstm_init", default="chrono", choices=["chrono", "forget_bias"],
                    help="LSTM gate biases: chrono, or uniform with --forget_bias added (default: chrono)")
     p.add_argument("--forget_bias", type=float, default=d.forget_bias, help=f"with --lstm_init forget_bias (default: {d.forget_bias})")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--lstm_impl", default=d.lstm_impl, choices=["fast", "reference"],
+                   help="as train.py --lstm_impl: by default (fast) lstm_bptt.py, a second implementation of the "
+                        "same arithmetic with CPU kernels, runs the LSTM; reference runs LSTM.recurrence under "
+                        "plain autograd (default: fast)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default: 0, torch's default)")
     p.add_argument("--out", default=str(HERE / "runs" / "compare"), help="folder for runs and results (default: part1/runs/compare)")
-    p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
-    args = p.parse_args()
-    command = "python compare.py " + " ".join(sys.argv[1:])
-    try:
-        if args.max_steps < 1 or min(args.lengths) < 1:
-            raise UserError("--max_steps and --lengths must be >= 1")
-        rows = run_all(args)
-    except UserError as exc:
-        print(f"compare.py: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --out: keep its finished runs, resume interrupted ones")
+    p.add_argument("--overwrite", action="store_true", help="train every run afresh in an --out that holds a sweep")
+    return p.parse_args(argv)
+
+
+def sweep(args: argparse.Namespace, command: str) -> None:
+    configs = plan(args)
+    prepare_out(args, configs)
+    rows = run_all(args, configs)
     summary = summarise(rows)
     out = Path(args.out)
-    write_json({"command": command, "args": vars(args), "runs": rows, "summary": summary}, out / "compare.json")
+    write_json({"command": command, "args": vars(args), "runs": rows, "summary": summary}, out / SUMMARY)
     text = table(summary, args, command.strip())
     atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text))
     plot(rows, summary, out / "compare.png")
     print("\n" + text + f"\nwritten to {out}/compare.md, compare.png, compare.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "python compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run_cli(PROG, lambda: sweep(args, command))
 
 
 if __name__ == "__main__":

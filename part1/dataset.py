@@ -29,6 +29,14 @@ def make_palindromes(halves: torch.Tensor, seq_length: int) -> torch.Tensor:
     return torch.cat([halves, mirrored], dim=1)
 
 
+def capped_size(input_length: int, n: int) -> int:
+    """min(n, number of distinct palindromes), without building 10**(length/2) for long sequences."""
+    half_length = math.ceil((input_length + 1) / 2)
+    if n < 1 or len(str(n)) <= half_length:  # n has at most half_length digits: n < 10**half_length
+        return n
+    return min(n, 10 ** half_length)
+
+
 def encode(digits: torch.Tensor, one_hot: bool) -> torch.Tensor:
     """Digits (B, T) -> model input (B, T, 10) if one_hot else (B, T, 1), float32."""
     return F.one_hot(digits, 10).float() if one_hot else digits.unsqueeze(-1).float()
@@ -49,7 +57,7 @@ class PalindromeDataset(Dataset):
         self.one_hot = one_hot
         self.input_dim = 10 if one_hot else 1
         half_length = math.ceil(self.seq_length / 2)
-        max_len = self.max_distinct(input_length)
+        max_len = capped_size(input_length, total_len)
         if total_len > max_len:
             print(f"warning: only {max_len} distinct palindromes of length {self.seq_length}; "
                   f"using {max_len} instead of {total_len}", file=sys.stderr)

@@ -5,31 +5,57 @@
     python train.py --input_length 99 --input_dim 10 --target_accuracy 0.995
 
 Writes metrics.json (config, per-evaluation history, final val_accuracy, steps, wall time),
-curves.png and checkpoint.pt (for --resume) to --out.
+curves.png and checkpoint.pt (for --resume) to --out. A folder that already holds a run is
+continued with --resume or started afresh with --overwrite, never silently written over.
+Ctrl-C finishes the current step, saves the checkpoint and exits with code 130.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dataset import PalindromeDataset
+import lstm_kernel
+from dataset import PalindromeDataset, capped_size
 from lstm import LSTM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, atomic_write, pick_device, set_seed, write_json
+from cs324_utils import (
+    OneLineParser,
+    UserError,
+    all_finite,
+    atomic_save,
+    atomic_write,
+    check_fits,
+    check_seed,
+    check_threads,
+    check_writable_dir,
+    pick_device,
+    refuse_existing_run,
+    remove_stray_tmp,
+    run_cli,
+    safe_load,
+    set_seed,
+    write_json,
+)
 from vanilla_rnn import VanillaRNN
 
 HERE = Path(__file__).resolve().parent
+PROG = "train.py"
+CHECKPOINT, METRICS, CURVES = "checkpoint.pt", "metrics.json", "curves.png"
+EVAL_BATCH = 2048  # validation samples per forward pass (no gradients kept)
 
 
 @dataclass
@@ -52,35 +78,25 @@ class Config:
     eval_every: int = 0
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
+    lstm_impl: str = "fast"
     out: str = ""
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
 
-    def validate(self) -> "Config":
-        """Refuse impossible settings before any work, naming the flag."""
-        checks = [
-            (self.model in ("lstm", "rnn"), f"--model must be lstm or rnn, got {self.model!r}"),
-            (self.input_length >= 1, f"--input_length must be >= 1, got {self.input_length}"),
-            (self.input_dim in (1, 10), f"--input_dim must be 1 (digit as a number) or 10 (one-hot), got {self.input_dim}"),
-            (self.num_classes == 10, f"--num_classes must be 10 (the digits 0-9), got {self.num_classes}"),
-            (self.num_hidden >= 1, f"--num_hidden must be >= 1, got {self.num_hidden}"),
-            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
-            (self.learning_rate > 0 and math.isfinite(self.learning_rate), f"--learning_rate must be > 0, got {self.learning_rate}"),
-            (self.max_epoch >= 1, f"--max_epoch must be >= 1, got {self.max_epoch}"),
-            (self.max_norm > 0, f"--max_norm must be > 0, got {self.max_norm}"),
-            (0 < self.portion_train < 1, f"--portion_train must be in (0, 1), got {self.portion_train}"),
-            (self.max_steps >= 0, f"--max_steps must be >= 0 (0: no limit), got {self.max_steps}"),
-            (0 <= self.target_accuracy <= 1, f"--target_accuracy must be in [0, 1] (0: off), got {self.target_accuracy}"),
-            (self.eval_every >= 0, f"--eval_every must be >= 0 (0: once an epoch), got {self.eval_every}"),
-        ]
-        for ok, message in checks:
+    def validate(self, warn: bool = True) -> "Config":
+        """Refuse impossible settings before any work, naming the flag; cap --data_size (warn: say so)."""
+        for ok, message in self._checks():
             if not ok:
                 raise UserError(message)
-        cap = PalindromeDataset.max_distinct(self.input_length)
-        if self.data_size > cap:
-            # Capped, as in the course template, with a one-line warning.
-            print(f"warning: --data_size {self.data_size} exceeds the {cap} distinct palindromes of "
-                  f"length {self.input_length + 1}; using {cap}", file=sys.stderr)
+        check_seed(self.seed)
+        check_threads(self.threads)
+        cap = capped_size(self.input_length, self.data_size)
+        if cap < self.data_size:
+            if warn:  # capped, as in the course template, with a one-line warning
+                print(f"warning: --data_size {self.data_size} exceeds the {cap} distinct palindromes of "
+                      f"length {self.input_length + 1}; using {cap}", file=sys.stderr)
             self.data_size = cap
         n_train = int(self.data_size * self.portion_train)
         if n_train < 1 or self.data_size - n_train < 1:
@@ -90,16 +106,263 @@ class Config:
             self.out = str(HERE / "runs" / f"{self.model}_len{self.input_length}_seed{self.seed}")
         return self
 
+    def check_memory(self, device: torch.device) -> None:
+        """Refuse sizes whose tensors cannot fit where they will live (the GPU's memory on CUDA)."""
+        nbytes, what = memory_estimate(self)
+        check_fits(nbytes, what, device)
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        finite = math.isfinite
+        return [
+            (self.model in ("lstm", "rnn"), f"--model must be lstm or rnn, got {self.model!r}"),
+            (self.input_length >= 1, f"--input_length must be >= 1, got {self.input_length}"),
+            (self.input_dim in (1, 10), f"--input_dim must be 1 (digit as a number) or 10 (one-hot), got {self.input_dim}"),
+            (self.num_classes == 10, f"--num_classes must be 10 (the digits 0-9), got {self.num_classes}"),
+            (self.num_hidden >= 1, f"--num_hidden must be >= 1, got {self.num_hidden}"),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
+            (finite(self.learning_rate) and self.learning_rate > 0,
+             f"--learning_rate must be a finite number > 0, got {self.learning_rate}"),
+            (self.max_epoch >= 1, f"--max_epoch must be >= 1, got {self.max_epoch}"),
+            (finite(self.max_norm) and self.max_norm > 0, f"--max_norm must be a finite number > 0, got {self.max_norm}"),
+            (self.data_size >= 2, f"--data_size must be >= 2 (one training and one validation palindrome), "
+                                  f"got {self.data_size}"),
+            (0 < self.portion_train < 1, f"--portion_train must be in (0, 1), got {self.portion_train}"),
+            (finite(self.forget_bias), f"--forget_bias must be a finite number, got {self.forget_bias}"),
+            (self.max_steps >= 0, f"--max_steps must be >= 0 (0: no limit), got {self.max_steps}"),
+            (0 <= self.target_accuracy <= 1, f"--target_accuracy must be in [0, 1] (0: off), got {self.target_accuracy}"),
+            (self.eval_every >= 0, f"--eval_every must be >= 0 (0: once an epoch), got {self.eval_every}"),
+            (self.lstm_impl in ("fast", "reference"), f"--lstm_impl must be fast or reference, got {self.lstm_impl!r}"),
+            (not (self.resume and self.overwrite), "--resume continues the run in --out and --overwrite starts "
+                                                   "afresh there; give one of them"),
+        ]
+
+
+# How each Config field may differ between a checkpoint and the run that resumes it. Every field
+# is in exactly one group (a test checks this), so a new field needs a decision here.
+# The problem, the model, the optimiser and the data: a different value would be a different run.
+RESUME_MUST_MATCH = ("model", "input_length", "input_dim", "num_classes", "num_hidden", "batch_size",
+                     "learning_rate", "max_norm", "data_size", "portion_train", "forget_bias", "chrono", "seed")
+# Stopping rules, validation schedule and where/how the numbers run: honoured, and recorded in
+# metrics.json's "resumes" with the step from which they applied.
+RESUME_MAY_CHANGE = ("max_epoch", "max_steps", "target_accuracy", "eval_every", "device", "threads", "lstm_impl")
+# How this invocation runs, not what it trains.
+RUN_CONTROL = ("out", "resume", "overwrite", "progress")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: the checkpoint has been saved; the CLI exits 130."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}; "
+                         f"continue with the same flags plus --resume")
+        self.step, self.checkpoint = step, checkpoint
+
+
+def memory_estimate(config: Config) -> tuple[float, str]:
+    """Rough bytes a run needs (within a factor of about 2) and the flags of its largest part.
+
+    Only sizes that cannot fit are refused, so the estimate errs low rather than high.
+    """
+    T, D, H, C = config.input_length, config.input_dim, config.num_hidden, config.num_classes
+    gates = 4 * H if config.model == "lstm" else H
+    n_params = gates * (D + H + 1) + C * (H + 1)
+    # Backward keeps each step's gate activations, c, h and tanh(c), and builds their gradients.
+    per_sample_step = D + 3 * gates + 4 * H
+    n_val = config.data_size - int(config.data_size * config.portion_train)
+    parts = [
+        (4 * 4 * n_params, f"--num_hidden {H} (weights, gradients, RMSprop state, clipping)"),
+        (4 * config.batch_size * T * per_sample_step,
+         f"--batch_size {config.batch_size} x --input_length {T} x --num_hidden {H} (activations kept for backward)"),
+        (4 * min(n_val, EVAL_BATCH) * T * (D + gates + 3 * H),
+         f"--input_length {T} x --num_hidden {H} (validation batches of {EVAL_BATCH})"),
+        (3 * 8 * config.data_size * (T + 1), f"--data_size {config.data_size} x --input_length {T} (the palindromes)"),
+    ]
+    return sum(n for n, _ in parts), max(parts)[1]
+
 
 def build_model(config: Config) -> nn.Module:
     args = (config.input_length, config.input_dim, config.num_hidden, config.num_classes)
     if config.model == "lstm":
-        return LSTM(*args, forget_bias=config.forget_bias, chrono=config.chrono)
+        return LSTM(*args, forget_bias=config.forget_bias, chrono=config.chrono,
+                    hand_bptt=config.lstm_impl == "fast")
     return VanillaRNN(*args)
 
 
+def lstm_layers(config: Config, device: torch.device, decide: bool = False) -> dict | None:
+    """Which fast-path layers (C cell, oneDNN matmul or their PyTorch fallbacks) this process uses,
+    for an LSTM on the fast path on the CPU; decide: make the training steps' choices now."""
+    if config.model != "lstm" or config.lstm_impl != "fast" or device.type != "cpu":
+        return None
+    if decide:
+        return lstm_kernel.describe(config.batch_size, config.num_hidden, device)
+    return lstm_kernel.describe()
+
+
+@dataclass
+class Run:
+    """What a run carries from step to step; a checkpoint is this, saved."""
+
+    config: Config
+    device: torch.device
+    data: PalindromeDataset
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator  # batch order, independent of the model's initialisation
+    steps_per_epoch: int
+    total: int  # the step budget
+    eval_every: int
+    title: str
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of the current epoch already taken
+    epoch_shuffle_state: torch.Tensor | None = None  # shuffle's state before this epoch's order was drawn
+    # (a checkpoint taken mid-epoch saves that state, so a resumed run redraws the same order)
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0})
+    resumes: list[dict] = field(default_factory=list)
+    start: float = 0.0  # perf_counter() at which the run's clock reads 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return Path(self.config.out) / CHECKPOINT
+
+
+# ----------------------------------------------------------------------------- set up
+
+
+def prepare_out(config: Config) -> dict | None:
+    """Make --out ready for this run before any training; returns the checkpoint to resume from."""
+    out = Path(config.out)
+    if config.resume:
+        ckpt = load_checkpoint(out / CHECKPOINT, config)
+        for path in remove_stray_tmp(out):
+            print(f"{PROG}: removed {path.name}, left by a write that was cut short", file=sys.stderr)
+        check_writable_dir(out)
+        return ckpt
+    refuse_existing_run(out, (METRICS, CHECKPOINT), config.resume, config.overwrite)
+    check_writable_dir(out)
+    if config.overwrite:  # asked for by name: nothing of the earlier run may be mistaken for this one's
+        for name in (CHECKPOINT, METRICS, CURVES):
+            (out / name).unlink(missing_ok=True)
+        remove_stray_tmp(out)
+    return None
+
+
+def load_checkpoint(path: Path, config: Config) -> dict:
+    """The checkpoint of the run --resume continues, checked against the settings given now."""
+    ckpt = safe_load(path, "--resume: checkpoint")
+    keys = ("model", "optimizer", "shuffle_state", "batch_in_epoch", "epoch", "step", "history", "window",
+            "elapsed", "config", "resumes")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise UserError(f"--resume: {path} is not a checkpoint of this train.py (no {missing[0]!r})")
+    saved = ckpt["config"]
+    defaults = Config()
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key, getattr(defaults, key)) != getattr(config, key):
+            raise UserError(f"--resume: {path} was made with --{key} {saved.get(key)}, not {getattr(config, key)}; "
+                            f"resume with the same value, or start afresh with --overwrite")
+    return ckpt
+
+
+def setup(config: Config) -> Run:
+    """Validate, then build data, model, optimiser and batch order, restored from a checkpoint on --resume."""
+    config.validate()
+    if config.model == "lstm":
+        lstm_kernel.check_environment()  # a bad CS324_LSTM_* value stops the run here, not at the first step
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    config.check_memory(device)
+    ckpt = prepare_out(config)
+
+    set_seed(config.seed)
+    data = PalindromeDataset(config.input_length, config.data_size, one_hot=config.input_dim == 10,
+                             seed=config.seed).to(device)
+    train_idx, val_idx = data.split(config.portion_train)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=config.learning_rate)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    total = config.max_epoch * steps_per_epoch
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    run = Run(config, device, data, train_idx, val_idx, model, optimizer, shuffle, steps_per_epoch, total,
+              eval_every=config.eval_every or steps_per_epoch,
+              title=f"{config.model.upper()}, input length {config.input_length}, seed {config.seed}")
+    if ckpt is not None:
+        restore(run, ckpt)
+    run.start = time.perf_counter() - (ckpt["elapsed"] if ckpt is not None else 0.0)
+    return run
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Put a checkpoint's state into run; the budget may have grown, never below the steps already taken."""
+    if run.total < ckpt["step"]:
+        raise UserError(f"--resume: the run is already at step {ckpt['step']}, beyond the budget of {run.total} "
+                        f"steps that --max_epoch {run.config.max_epoch} and --max_steps {run.config.max_steps} give")
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.shuffle.set_state(ckpt["shuffle_state"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--resume: {run.ckpt_path} does not fit this model ({type(exc).__name__})") from None
+    run.history, run.window, run.resumes = ckpt["history"], ckpt["window"], ckpt["resumes"]
+    run.epoch, run.batch_in_epoch, run.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+    saved, defaults = ckpt["config"], Config()
+    changed = {k: [saved.get(k, getattr(defaults, k)), getattr(run.config, k)] for k in RESUME_MAY_CHANGE
+               if saved.get(k, getattr(defaults, k)) != getattr(run.config, k)}
+    run.resumes.append({"step": run.step, "changed": changed})
+    note = ", ".join(f"--{k} {new} (was {old})" for k, (old, new) in changed.items())
+    print(f"{PROG}: resuming at step {run.step}" + (f" with {note}" if note else ""), flush=True)
+
+
+def describe_run(run: Run) -> str:
+    """The run's first line: what trains, where, on which layers, and where its results go."""
+    config = run.config
+    threads = torch.get_num_threads()
+    parts = [f"{PROG}: {run.title}", f"{run.device}, {threads} thread{'s' * (threads != 1)}"]
+    if config.model == "lstm":
+        layers = lstm_layers(config, run.device, decide=True) or {}
+        chosen = ", ".join(f"{k} {v}" for k, v in layers.items() if isinstance(v, str))  # e.g. cell c, matmul onednn
+        impl = "LSTM fast path" if config.lstm_impl == "fast" else "LSTM reference (autograd)"
+        parts.append(impl + (f" ({chosen})" if chosen else ""))
+    return "; ".join(parts) + f"; writing to {config.out}"
+
+
+# ----------------------------------------------------------------------------- one step, evaluation
+
+
+def next_epoch_batches(run: Run) -> tuple[torch.Tensor, ...]:
+    """This epoch's batches of training indices; a run resumed mid-epoch redraws the same order."""
+    run.epoch_shuffle_state = run.shuffle.get_state()
+    return torch.randperm(len(run.train_idx), generator=run.shuffle).split(run.config.batch_size)
+
+
+def train_step(run: Run, batch: torch.Tensor) -> None:
+    """One RMSprop update on the given training samples, with the gradient norm clipped."""
+    x, y = run.data.batch(run.train_idx[batch])  # (B, T, D), (B,)
+    logits = run.model(x)                         # (B, 10)
+    loss = F.cross_entropy(logits, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.model.parameters(), run.config.max_norm)
+    run.optimizer.step()
+    run.step += 1
+    run.batch_in_epoch += 1
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise UserError(f"training diverged at step {run.step} (non-finite loss); try a lower --learning_rate")
+    run.window["loss"] += loss_value * len(y)
+    run.window["correct"] += (logits.argmax(1) == y).sum().item()
+    run.window["count"] += len(y)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: PalindromeDataset, indices: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: PalindromeDataset, indices: torch.Tensor,
+             batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over the given samples."""
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -110,6 +373,77 @@ def evaluate(model: nn.Module, data: PalindromeDataset, indices: torch.Tensor, b
         correct += (logits.argmax(1) == y).sum().item()
     model.train()
     return loss_sum / len(indices), correct / len(indices)
+
+
+def record(run: Run) -> dict:
+    """Validate now, log the training means since the last record, and reset them."""
+    val_loss, val_acc = evaluate(run.model, run.data, run.val_idx)
+    n = max(run.window["count"], 1)  # 0 only when a resumed run takes no step
+    run.history.append({"epoch": round(run.step / run.steps_per_epoch, 4), "step": run.step,
+                        "train_loss": run.window["loss"] / n, "train_accuracy": run.window["correct"] / n,
+                        "val_loss": val_loss, "val_accuracy": val_acc,
+                        "time": round(time.perf_counter() - run.start, 2)})
+    run.window = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    if not math.isfinite(val_loss):
+        raise UserError(f"training diverged at step {run.step} (non-finite loss); try a lower --learning_rate")
+    return run.history[-1]
+
+
+def log(run: Run, entry: dict, bar: tqdm) -> None:
+    bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_acc=f"{entry['val_accuracy']:.4f}")
+    if not run.config.progress:  # a log line instead, for runs in the background
+        print(f"{run.title}: step {run.step}, val_accuracy {entry['val_accuracy']:.4f}", flush=True)
+
+
+def finished(run: Run) -> bool:
+    target = run.config.target_accuracy
+    reached = bool(target) and bool(run.history) and run.history[-1]["val_accuracy"] >= target
+    return run.step >= run.total or reached
+
+
+# ----------------------------------------------------------------------------- checkpoint, finish
+
+
+def save_checkpoint(run: Run) -> None:
+    """Everything --resume needs, written atomically; a non-finite model is never saved."""
+    state = run.model.state_dict()
+    if not all_finite(state):
+        raise UserError(f"training diverged by step {run.step} (non-finite weights); {run.ckpt_path} keeps the "
+                        f"last good state; try a lower --learning_rate")
+    mid_epoch = run.batch_in_epoch > 0
+    atomic_save({"model": state, "optimizer": run.optimizer.state_dict(),
+                "shuffle_state": run.epoch_shuffle_state if mid_epoch else run.shuffle.get_state(),
+                "batch_in_epoch": run.batch_in_epoch, "epoch": run.epoch, "step": run.step,
+                "history": run.history, "window": run.window, "resumes": run.resumes,
+                "elapsed": time.perf_counter() - run.start, "config": dataclasses.asdict(run.config)},
+               run.ckpt_path)
+
+
+def finish(run: Run) -> dict:
+    """Final evaluation (if the last step had none), metrics.json and curves.png."""
+    if not run.history or run.history[-1]["step"] != run.step:  # stopped between evaluations
+        record(run)
+    history = run.history
+    metrics = {
+        "config": dataclasses.asdict(run.config),
+        "command": " ".join(sys.argv),
+        "device": str(run.device),
+        "threads": torch.get_num_threads(),
+        "val_accuracy": history[-1]["val_accuracy"],
+        "val_loss": history[-1]["val_loss"],
+        "steps": run.step,
+        "steps_to_99": next((h["step"] for h in history if h["val_accuracy"] >= 0.99), None),
+        "wall_time_s": round(time.perf_counter() - run.start, 2),
+        "history": history,
+        "resumes": run.resumes,
+    }
+    layers = lstm_layers(run.config, run.device)
+    if layers is not None:
+        metrics["lstm_layers"] = layers
+    out = Path(run.config.out)
+    write_json(metrics, out / METRICS)
+    save_curves(history, out / CURVES, run.title)
+    return metrics
 
 
 def save_curves(history: list[dict], path: Path, title: str) -> None:
@@ -132,133 +466,58 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
-# Settings a checkpoint must share with the run that resumes it.
-_RESUME_KEYS = ("model", "input_length", "input_dim", "num_classes", "num_hidden", "batch_size",
-                "data_size", "portion_train", "seed")
+@contextlib.contextmanager
+def stop_on_sigint() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C into a flag the loop reads after each step; a second one interrupts at once."""
+    flag = {"stop": False}
 
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
-def load_checkpoint(path: Path, config: Config) -> dict:
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        saved = ckpt["config"]
-    except Exception as exc:
-        raise UserError(f"--resume: {path} is corrupt or not a checkpoint of train.py ({type(exc).__name__})") from None
-    for key in _RESUME_KEYS:
-        if saved.get(key) != getattr(config, key):
-            raise UserError(f"--resume: {path} was made with --{key} {saved.get(key)}, not {getattr(config, key)}")
-    return ckpt
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C behaves as usual
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def train(config: Config) -> dict:
     """Train one model as configured; returns the metrics also written to <out>/metrics.json."""
-    config.validate()
-    device = pick_device(config.device)
-    out = Path(config.out)
-    ckpt_path = out / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path, config) if config.resume else None
-
-    set_seed(config.seed)
-    data = PalindromeDataset(config.input_length, config.data_size, one_hot=config.input_dim == 10,
-                             seed=config.seed).to(device)
-    train_idx, val_idx = data.split(config.portion_train)
-    model = build_model(config).to(device)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=config.learning_rate)
-    shuffle = torch.Generator().manual_seed(config.seed)  # batch order, independent of model init
-    history: list[dict] = []
-    epoch = step = 0
-    elapsed = 0.0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        shuffle.set_state(ckpt["shuffle_state"])
-        history, epoch, step, elapsed = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["elapsed"]
-
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    total = config.max_epoch * steps_per_epoch
-    if config.max_steps:
-        total = min(total, config.max_steps)
-    eval_every = config.eval_every or steps_per_epoch
-    title = f"{config.model.upper()}, input length {config.input_length}, seed {config.seed}"
-
-    def reached_target() -> bool:
-        return bool(config.target_accuracy) and bool(history) and history[-1]["val_accuracy"] >= config.target_accuracy
-
-    start = time.perf_counter() - elapsed
-    bar = tqdm(total=total, initial=step, desc=title, disable=not config.progress, dynamic_ncols=True)
-    run_loss = run_correct = run_count = 0.0
-
-    def record() -> dict:
-        """Validate now, log the training means since the last record, and reset them."""
-        nonlocal run_loss, run_correct, run_count
-        val_loss, val_acc = evaluate(model, data, val_idx)
-        n = max(run_count, 1)  # 0 only when a resumed run takes no step
-        history.append({"epoch": round(step / steps_per_epoch, 4), "step": step,
-                        "train_loss": run_loss / n, "train_accuracy": run_correct / n,
-                        "val_loss": val_loss, "val_accuracy": val_acc,
-                        "time": round(time.perf_counter() - start, 2)})
-        run_loss = run_correct = run_count = 0.0
-        return history[-1]
-
-    while epoch < config.max_epoch and step < total and not reached_target():
-        for batch in torch.randperm(len(train_idx), generator=shuffle).split(config.batch_size):
-            x, y = data.batch(train_idx[batch])
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.max_norm)
-            optimizer.step()
-            step += 1
-            run_loss += loss.item() * len(y)
-            run_correct += (logits.argmax(1) == y).sum().item()
-            run_count += len(y)
-            bar.update()
-            if step % eval_every == 0 or step == total:
-                entry = record()
-                bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_acc=f"{entry['val_accuracy']:.4f}")
-                if not config.progress:  # a log line instead, for runs in the background
-                    print(f"{title}: step {step}, val_accuracy {entry['val_accuracy']:.4f}", flush=True)
-                if not math.isfinite(entry["val_loss"]):
-                    raise UserError(f"training diverged at step {step} (non-finite loss); try a lower --learning_rate")
-                if reached_target():
-                    break
-            if step >= total:
-                break
-        else:
-            epoch += 1
-        # One checkpoint per epoch (or at the stop), written atomically, to resume from.
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "shuffle_state": shuffle.get_state(), "history": history, "epoch": epoch,
-                 "step": step, "elapsed": time.perf_counter() - start,
-                 "config": dataclasses.asdict(config)}
-        atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
-    bar.close()
-
-    if not history or history[-1]["step"] != step:  # stopped between evaluations
-        record()
-    steps_to_99 = next((h["step"] for h in history if h["val_accuracy"] >= 0.99), None)
-    metrics = {
-        "config": dataclasses.asdict(config),
-        "command": " ".join(sys.argv),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "val_accuracy": history[-1]["val_accuracy"],
-        "val_loss": history[-1]["val_loss"],
-        "steps": step,
-        "steps_to_99": steps_to_99,
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "history": history,
-    }
-    write_json(metrics, out / "metrics.json")
-    save_curves(history, out / "curves.png", title)
-    return metrics
+    run = setup(config)
+    print(describe_run(run), flush=True)
+    bar = tqdm(total=run.total, initial=run.step, desc=run.title, disable=not config.progress, dynamic_ncols=True)
+    try:
+        with stop_on_sigint() as ctrl_c:
+            while not finished(run):
+                batches = next_epoch_batches(run)
+                for batch in batches[run.batch_in_epoch:]:
+                    train_step(run, batch)
+                    bar.update()
+                    if run.step % run.eval_every == 0 or run.step == run.total:
+                        log(run, record(run), bar)
+                    if finished(run) or ctrl_c["stop"]:
+                        break
+                if run.batch_in_epoch == len(batches):
+                    run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+                save_checkpoint(run)  # once an epoch, at the stop, and on Ctrl-C
+                if ctrl_c["stop"] and not finished(run):
+                    raise TrainingInterrupted(run.step, run.ckpt_path)
+    finally:
+        bar.close()
+    return finish(run)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
     d = Config()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=d.model, choices=["lstm", "rnn"], help=f"model to train (default: {d.model})")
     p.add_argument("--input_length", type=int, default=d.input_length, help=f"digits the model reads; the palindrome has one more (default: {d.input_length})")
     p.add_argument("--input_dim", type=int, default=d.input_dim, help=f"1: each digit as a number, 10: one-hot (default: {d.input_dim})")
@@ -276,21 +535,37 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--target_accuracy", type=float, default=d.target_accuracy, help="stop once validation accuracy reaches this (default: 0, off)")
     p.add_argument("--eval_every", type=int, default=d.eval_every, help="validate every N steps (default: 0, once an epoch)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for data, initialisation and batch order (default: {d.seed})")
-    p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or mps (default: {d.device})")
+    p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads (default: 0, torch's default); on a machine busy with other jobs, 1 can be "
+                        "several times faster, since OpenMP threads spin-wait for a descheduled partner")
+    p.add_argument("--lstm_impl", default=d.lstm_impl, choices=["fast", "reference"],
+                   help="how the LSTM's forward and backward run. By default (fast) a second implementation of the "
+                        "same arithmetic runs: lstm_bptt.py, a hand-written backward through time with CPU kernels "
+                        "(lstm_kernel.py). --lstm_impl reference turns it off and runs LSTM.recurrence in lstm.py, "
+                        "the equations one step at a time under plain autograd (slower). (default: fast)")
     p.add_argument("--out", default=d.out, help="output folder (default: part1/runs/<model>_len<input_length>_seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that already holds a run, "
+                                                            "deleting that run's checkpoint, metrics and curves")
     p.add_argument("--no_progress", dest="progress", action="store_false", help="hide the progress bar")
-    return Config(**vars(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+
+
+def run_and_report(config: Config) -> None:
+    try:
+        metrics = train(config)
+    except TrainingInterrupted as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        sys.exit(130)
+    print(f"final validation accuracy {metrics['val_accuracy']:.4f} after {metrics['steps']} steps "
+          f"({metrics['wall_time_s']:.0f} s); results in {metrics['config']['out']}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        metrics = train(parse_args(argv))
-    except UserError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(f"final validation accuracy {metrics['val_accuracy']:.4f} after {metrics['steps']} steps "
-          f"({metrics['wall_time_s']:.0f} s); results in {metrics['config']['out']}")
+    config = parse_args(argv)
+    run_cli(PROG, lambda: run_and_report(config))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dataset import PalindromeDataset
+from dataset import PalindromeDataset, capped_size
 
 
 @pytest.mark.parametrize("input_length", [1, 4, 9, 20, 99])
@@ -41,3 +41,9 @@ def test_seeded_and_capped(capsys):
     small = PalindromeDataset(3, 1000)  # length 4: only 100 distinct
     assert len(small) == 100 == len(torch.unique(small.palindromes, dim=0))
     assert "warning" in capsys.readouterr().err
+
+
+def test_capped_size_is_quick_for_long_sequences():
+    assert capped_size(3, 1000) == 100 == PalindromeDataset.max_distinct(3)  # length 4: 10**2 first halves
+    assert capped_size(9, 100_000) == 100_000 and capped_size(9, 100_001) == 100_000
+    assert capped_size(100_000_000, 100_000) == 100_000  # 10**50_000_000 is never built
