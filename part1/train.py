@@ -60,6 +60,8 @@ EVAL_BATCH = 2048  # validation samples per forward pass (no gradients kept)
 
 @dataclass
 class Config:
+    """Every setting of a run: parse_args builds it from the command line; compare.py and notebooks directly."""
+
     model: str = "lstm"
     input_length: int = 19
     input_dim: int = 1
@@ -315,8 +317,6 @@ def restore(run: Run, ckpt: dict) -> None:
     changed = {k: [saved.get(k, getattr(defaults, k)), getattr(run.config, k)] for k in RESUME_MAY_CHANGE
                if saved.get(k, getattr(defaults, k)) != getattr(run.config, k)}
     run.resumes.append({"step": run.step, "changed": changed})
-    note = ", ".join(f"--{k} {new} (was {old})" for k, (old, new) in changed.items())
-    print(f"{PROG}: resuming at step {run.step}" + (f" with {note}" if note else ""), flush=True)
 
 
 def describe_run(run: Run) -> str:
@@ -329,6 +329,10 @@ def describe_run(run: Run) -> str:
         chosen = ", ".join(f"{k} {v}" for k, v in layers.items() if isinstance(v, str))  # e.g. cell c, matmul onednn
         impl = "LSTM fast path" if config.lstm_impl == "fast" else "LSTM reference (autograd)"
         parts.append(impl + (f" ({chosen})" if chosen else ""))
+    if config.resume:
+        changed = run.resumes[-1]["changed"]
+        parts.append(f"resuming at step {run.step}" + "".join(f", --{k} {new} (was {old})"
+                                                              for k, (old, new) in changed.items()))
     return "; ".join(parts) + f"; writing to {config.out}"
 
 

@@ -11,6 +11,8 @@ from torch import nn
 
 
 class VanillaRNN(nn.Module):
+    """The baseline of train.py --model rnn: one tanh layer, read to the end, then one linear read-out."""
+
     def __init__(self, seq_length: int, input_dim: int, hidden_dim: int, output_dim: int) -> None:
         super().__init__()
         self.seq_length = seq_length
