@@ -7,17 +7,19 @@ print it as one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import io
 import json
 import os
 import platform
 import random
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -301,3 +303,27 @@ def set_threads(threads: int) -> tuple[int, str]:
     chosen = max(1, min(default, free))
     torch.set_num_threads(chosen)
     return chosen, f"{free} of {os.cpu_count()} cores idle at start"
+
+
+@contextlib.contextmanager
+def stop_on_sigint() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C into a flag that a training loop reads between updates.
+
+    An exception raised inside an update could leave a model half-updated; stopping between
+    updates makes the saved checkpoint exact. A second Ctrl-C interrupts at once.
+    """
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C behaves as usual
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -12,15 +12,12 @@ Ctrl-C finishes the current step, saves the checkpoint and exits with code 130.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +45,8 @@ from cs324_utils import (
     run_cli,
     safe_load,
     set_seed,
+    set_threads,
+    stop_on_sigint,
     write_json,
 )
 from vanilla_rnn import VanillaRNN
@@ -80,7 +79,7 @@ class Config:
     eval_every: int = 0
     seed: int = 0
     device: str = "auto"
-    threads: int = 0
+    threads: int = 0  # 0: the cores idle at start-up (cs324_utils.set_threads)
     lstm_impl: str = "fast"
     out: str = ""
     resume: bool = False
@@ -225,6 +224,7 @@ class Run:
     window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0})
     resumes: list[dict] = field(default_factory=list)
     start: float = 0.0  # perf_counter() at which the run's clock reads 0
+    threads_why: str = ""  # how the thread count was chosen (cs324_utils.set_threads)
 
     @property
     def ckpt_path(self) -> Path:
@@ -274,11 +274,10 @@ def setup(config: Config) -> Run:
     config.validate()
     if config.model == "lstm":
         lstm_kernel.check_environment()  # a bad CS324_LSTM_* value stops the run here, not at the first step
-    if config.threads:
-        torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     config.check_memory(device)
     ckpt = prepare_out(config)
+    threads_why = set_threads(config.threads)[1]
 
     set_seed(config.seed)
     data = PalindromeDataset(config.input_length, config.data_size, one_hot=config.input_dim == 10,
@@ -293,7 +292,8 @@ def setup(config: Config) -> Run:
         total = min(total, config.max_steps)
     run = Run(config, device, data, train_idx, val_idx, model, optimizer, shuffle, steps_per_epoch, total,
               eval_every=config.eval_every or steps_per_epoch,
-              title=f"{config.model.upper()}, input length {config.input_length}, seed {config.seed}")
+              title=f"{config.model.upper()}, input length {config.input_length}, seed {config.seed}",
+              threads_why=threads_why)
     if ckpt is not None:
         restore(run, ckpt)
     run.start = time.perf_counter() - (ckpt["elapsed"] if ckpt is not None else 0.0)
@@ -323,7 +323,7 @@ def describe_run(run: Run) -> str:
     """The run's first line: what trains, where, on which layers, and where its results go."""
     config = run.config
     threads = torch.get_num_threads()
-    parts = [f"{PROG}: {run.title}", f"{run.device}, {threads} thread{'s' * (threads != 1)}"]
+    parts = [f"{PROG}: {run.title}", f"{run.device}, {threads} thread{'s' * (threads != 1)} ({run.threads_why})"]
     if config.model == "lstm":
         layers = lstm_layers(config, run.device, decide=True) or {}
         chosen = ", ".join(f"{k} {v}" for k, v in layers.items() if isinstance(v, str))  # e.g. cell c, matmul onednn
@@ -470,26 +470,6 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
-@contextlib.contextmanager
-def stop_on_sigint() -> Iterator[dict[str, bool]]:
-    """Turn the first Ctrl-C into a flag the loop reads after each step; a second one interrupts at once."""
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C behaves as usual
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -541,8 +521,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for data, initialisation and batch order (default: {d.seed})")
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads (default: 0, torch's default); on a machine busy with other jobs, 1 can be "
-                        "several times faster, since OpenMP threads spin-wait for a descheduled partner")
+                   help="CPU threads; 0 (the default): as many as cores are idle at start-up, since torch's "
+                        "threads spin-wait for each other and a core taken by another job slows every step (a seeded "
+                        "run repeats exactly with the same --threads)")
     p.add_argument("--lstm_impl", default=d.lstm_impl, choices=["fast", "reference"],
                    help="how the LSTM's forward and backward run. By default (fast) a second implementation of the "
                         "same arithmetic runs: lstm_bptt.py, a hand-written backward through time with CPU kernels "

@@ -38,6 +38,7 @@ from cs324_utils import (
     run_cli,
     set_seed,
     set_threads,
+    stop_on_sigint,
 )
 from models import Discriminator, Generator, parameter_count
 from pick_precision import autocast_factory, choose_precision
@@ -48,7 +49,6 @@ from run_folder import (
     TrainingInterrupted,
     get_rng_state,
     set_rng_state,
-    stop_on_sigint,
     tensors_in,
 )
 

@@ -13,9 +13,7 @@ which a resume truncates to the checkpoint. A folder that already holds a run is
 """
 from __future__ import annotations
 
-import contextlib
 import csv
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -227,30 +225,6 @@ def truncate_csv(path: Path, last_iteration: int) -> None:
             writer.writerows(rows)
 
     atomic_write(path, write)
-
-
-@contextlib.contextmanager
-def stop_on_sigint() -> Iterator[dict[str, bool]]:
-    """Turn the first Ctrl-C into a flag that the loop checks between updates.
-
-    An exception raised inside an update could leave D updated and G not; stopping between
-    updates makes the saved checkpoint exact. A second Ctrl-C interrupts at once.
-    """
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C behaves as usual
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def get_rng_state(shuffle_state: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
