@@ -11,6 +11,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import platform
 import random
@@ -267,18 +268,51 @@ def _cpu_times() -> tuple[float, float] | None:
     return (total - idle - mine) / ticks, total / ticks
 
 
-def free_cores(seconds: float = 0.25) -> int | None:
-    """Cores that other processes left idle over a short sample, or None where /proc cannot tell."""
-    before = _cpu_times()
-    if before is None:
-        return None
-    time.sleep(seconds)
-    after = _cpu_times()
-    if after is None or after[1] <= before[1]:
+def _idle_between(before: tuple[float, float] | None, after: tuple[float, float] | None) -> int | None:
+    """Cores that other processes left idle between two _cpu_times() readings."""
+    if before is None or after is None or after[1] <= before[1]:
         return None
     cores = os.cpu_count() or 1
     busy = cores * (after[0] - before[0]) / (after[1] - before[1])
-    return max(0, round(cores - busy))
+    # A core that others kept busy a third of the time is taken: our threads would wait on it.
+    return max(0, math.floor(cores - busy + 0.3))
+
+
+def free_cores(seconds: float = 0.25) -> int | None:
+    """Cores that other processes left idle over a short sample, or None where /proc cannot tell."""
+    before = _cpu_times()
+    time.sleep(seconds)
+    return _idle_between(before, _cpu_times())
+
+
+class ThreadGovernor:
+    """For long runs with --threads 0: every `every` seconds, follow the cores other jobs leave idle.
+
+    A job started beside a running one takes only the idle cores, but the running one keeps its
+    threads, which then spin-wait for partners the other job has descheduled: both crawl. So a
+    long run looks again now and then and sets torch's thread count to the idle cores (at least 1,
+    at most `most`). The count changes the rounding of some sums: a run repeats bit for bit only
+    with a fixed --threads, which switches this off.
+    """
+
+    def __init__(self, most: int, every: float = 10.0) -> None:
+        self.most, self.every = most, every
+        self.last, self.reading = time.monotonic(), _cpu_times()
+        self.changes = 0
+
+    def check(self) -> None:
+        """Cheap unless `every` seconds have passed since the last look."""
+        if time.monotonic() - self.last < self.every:
+            return
+        reading = _cpu_times()
+        idle = _idle_between(self.reading, reading)
+        self.last, self.reading = time.monotonic(), reading
+        if idle is None:
+            return
+        want = max(1, min(self.most, idle))
+        if want != torch.get_num_threads():
+            torch.set_num_threads(want)
+            self.changes += 1
 
 
 def set_threads(threads: int) -> tuple[int, str]:

@@ -28,7 +28,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
+    TORCH_THREADS,
     OneLineParser,
+    ThreadGovernor,
     UserError,
     all_finite,
     check_fits,
@@ -88,7 +90,7 @@ class Config:
     label_smoothing: float = 0.1  # D's target for real images is 1 - this (one-sided: fakes stay 0)
     ema: float = 0.999  # decay of the weight average of G that grids and saved generators use; 0: off
     lr_decay: str = "linear"  # constant for the first half, then down to 0 at the last iteration; "none": constant
-    threads: int = 0  # 0: the cores idle at start-up (cs324_utils.set_threads)
+    threads: int = 0  # 0: the cores idle at start-up, then every 10 s (cs324_utils.ThreadGovernor)
     resume: bool = False  # continue the run in `out` from its checkpoint
     overwrite: bool = False  # start afresh in an `out` that holds an earlier run, deleting its outputs
     eval_scores: bool = False
@@ -281,6 +283,7 @@ class Run:
     window: list[torch.Tensor] = field(default_factory=list)  # train_step's stats since the last CSV row
     bar: Any = None  # the progress bar while the loop runs
     precision_why: str = ""  # how the precision was chosen (--precision auto times both)
+    governor: ThreadGovernor | None = None  # --threads 0 on a CPU: threads follow the idle cores
 
     @property
     def n_train(self) -> int:
@@ -397,13 +400,15 @@ def setup_run(config: Config, command: str | None) -> Run:
     asked = config
     if ckpt is not None:  # auto settings continue as the run resolved them: the same rounding as before
         saved = ckpt["config"]
-        config = replace(config, precision=saved["precision"] if config.precision == "auto" else config.precision,
-                         threads=config.threads or saved.get("threads", 0))
+        config = replace(config, precision=saved["precision"] if config.precision == "auto" else config.precision)
     threads, threads_why = set_threads(config.threads)
-    config = replace(config, threads=threads)
+    config = replace(config, threads=threads)  # recorded: the count the run started with
     scorer = load_scorer() if config.eval_scores else None  # now rather than after hours of training
     run = build_run(config, device, folder, load_images(config, device))
     run.scorer = scorer
+    if asked.threads == 0 and device.type == "cpu":
+        run.governor = ThreadGovernor(most=TORCH_THREADS)
+        threads_why += ", then following the cores other jobs leave idle"
     if ckpt is not None:
         restore(run, ckpt)
     run.fixed_noise = run.fixed_noise.to(device)
@@ -468,6 +473,8 @@ def train_epoch(run: Run, epoch: int, stop: dict[str, bool]) -> None:
         run.bar.update(1)
         if run.iteration % LOG_EVERY == 0:
             log_losses(run, epoch)
+            if run.governor is not None:
+                run.governor.check()
         if run.iteration % config.save_interval == 0:
             save_grid(run)
         if run.iteration == run.half_iter:
@@ -488,8 +495,9 @@ def finish_run(run: Run, seconds: float, done: int) -> dict[str, Any]:
     snapshot(run, "end")
     run.folder.plot_losses()
     out = run.folder.out
-    print(f"{PROG}: {done} iterations in {seconds:.1f} s ({1000 * seconds / max(done, 1):.2f} ms/iteration); "
-          f"outputs in {out}")
+    changes = 0 if run.governor is None else run.governor.changes
+    print(f"{PROG}: {done} iterations in {seconds:.1f} s ({1000 * seconds / max(done, 1):.2f} ms/iteration"
+          f"{f'; threads changed {changes} times to follow other jobs' if changes else ''}); outputs in {out}")
     summary: dict[str, Any] = {
         "out": out, "iterations": run.iteration, "epochs": run.config.n_epochs, "seconds": seconds,
         "device": str(run.device), "precision": run.precision, "checkpoint": run.folder.checkpoint,
@@ -592,9 +600,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--lr_decay", default=d.lr_decay, choices=["none", "linear"],
                    help="linear: --lr for the first half of training, then linearly down to 0 at the end")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads; 0: as many as cores are idle at start-up, since torch's threads spin-wait "
-                        "for each other and a core taken by another job slows every operation (a seeded run "
-                        "repeats exactly with the same --threads)")
+                   help="CPU threads; 0: as many as cores are idle, looked at again every 10 s, since torch's "
+                        "threads spin-wait for each other and a core taken by another job slows every operation "
+                        "(a seeded run repeats exactly only with a fixed --threads)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an earlier run, deleting that run's outputs")

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-MARGIN = 0.85  # bf16 is chosen only when its step takes less than this fraction of float32's
-WARMUP, ROUNDS = 3, 7
+MARGIN = 0.9  # bf16 is chosen only when its step takes less than this fraction of float32's
+WARMUP, ROUNDS = 3, 9
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
