@@ -295,7 +295,7 @@ class ThreadGovernor:
     with a fixed --threads, which switches this off.
     """
 
-    def __init__(self, most: int, every: float = 10.0) -> None:
+    def __init__(self, most: int, every: float = 5.0) -> None:
         self.most, self.every = most, every
         self.last, self.reading = time.monotonic(), _cpu_times()
         self.changes = 0

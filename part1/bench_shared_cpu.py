@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data_dir", default=str(PART2 / "data"), help="MNIST root for my_gan.py (holds MNIST/raw/)")
-    p.add_argument("--steps", type=int, default=300, help="training steps of each part 1 run")
+    p.add_argument("--steps", type=int, default=1500, help="training steps of each part 1 run")
     p.add_argument("--gan_seconds", type=float, default=10.0, help="seconds the GAN's own rate is measured alone")
     p.add_argument("--part1_args", default="", help="extra train.py arguments, e.g. \"--threads 2\"")
     p.add_argument("--gan_args", default="", help="extra my_gan.py arguments, e.g. \"--threads 2\"")

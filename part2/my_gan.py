@@ -90,7 +90,7 @@ class Config:
     label_smoothing: float = 0.1  # D's target for real images is 1 - this (one-sided: fakes stay 0)
     ema: float = 0.999  # decay of the weight average of G that grids and saved generators use; 0: off
     lr_decay: str = "linear"  # constant for the first half, then down to 0 at the last iteration; "none": constant
-    threads: int = 0  # 0: the cores idle at start-up, then every 10 s (cs324_utils.ThreadGovernor)
+    threads: int = 0  # 0: the cores idle at start-up, then every 5 s (cs324_utils.ThreadGovernor)
     resume: bool = False  # continue the run in `out` from its checkpoint
     overwrite: bool = False  # start afresh in an `out` that holds an earlier run, deleting its outputs
     eval_scores: bool = False
@@ -600,7 +600,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--lr_decay", default=d.lr_decay, choices=["none", "linear"],
                    help="linear: --lr for the first half of training, then linearly down to 0 at the end")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads; 0: as many as cores are idle, looked at again every 10 s, since torch's "
+                   help="CPU threads; 0: as many as cores are idle, looked at again every 5 s, since torch's "
                         "threads spin-wait for each other and a core taken by another job slows every operation "
                         "(a seeded run repeats exactly only with a fixed --threads)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
