@@ -241,16 +241,20 @@ def check_fits(nbytes: float, what: str, device: torch.device | None = None) -> 
 
 
 def machine_line() -> str:
-    """Processor, cores and torch version, for the header of a benchmark's output."""
-    model = platform.processor() or platform.machine()
+    """Processor (with the vector extensions that decide which kernels win), cores and torch version."""
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    model = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info:
+        model += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in info.get("flags", "").split()]
+    return (f"{model}{', ' + ' '.join(extensions) if extensions else ''}, {os.cpu_count()} logical CPUs, "
+            f"torch {torch.__version__}")
 
 
 def _cpu_times() -> tuple[float, float] | None:

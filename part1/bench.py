@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ import lstm_kernel
 from lstm import LSTM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import OneLineParser, UserError, check_fits, pick_device, run_cli
+from cs324_utils import OneLineParser, UserError, check_fits, machine_line, pick_device, run_cli
 
 COMBOS = [(cell, matmul) for cell in lstm_kernel.LAYERS["cell"] for matmul in lstm_kernel.LAYERS["matmul"]]
 
@@ -63,22 +61,6 @@ class TorchLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.lstm(x)[0][:, -1])
-
-
-def cpu_model() -> str:
-    """The CPU's name, from lscpu or /proc/cpuinfo."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def usable_combos() -> tuple[list[tuple[str, str]], list[str]]:
@@ -191,7 +173,7 @@ def run(args) -> None:
     device = pick_device(args.device)
     lstm_kernel.check_environment()
     torch.manual_seed(0)
-    print(f"CPU {cpu_model()}; torch {torch.__version__}; device {device}, {torch.get_num_threads()} threads; "
+    print(f"{machine_line()}; device {device}, {torch.get_num_threads()} threads; "
           f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}")
     combos, notes = usable_combos() if device.type == "cpu" else ([], [])
     info = lstm_kernel.describe(args.batch_size, args.num_hidden, device)
