@@ -47,11 +47,13 @@ def forward_loop(gates: torch.Tensor, c: torch.Tensor, h: torch.Tensor, tanh_c: 
     times_W_h = lstm_kernel.linear(W_h, B, matmul)        # h -> W_h h, all four gates
     if cell == "c":
         hw = gates.new_zeros(B, H4)                        # W_h h_0 = 0
+        gates_at, c_at, tanh_c_at, h_at = map(lstm_kernel.step_address, (gates, c, tanh_c, h))
         for t in range(T):
             if t > 0:
                 hw = times_W_h(h[t])
-            # (1)-(6) in one pass over the step's numbers
-            lstm_kernel.forward_step(gates[t], hw, c[t], c[t + 1], tanh_c[t], h[t + 1])
+            # (1)-(6) in one pass over the step's numbers: gates[t], hw -> c[t + 1], tanh_c[t], h[t + 1]
+            lstm_kernel.forward_step_at(B, H4 // 4, gates_at(t), hw.data_ptr(), c_at(t), c_at(t + 1),
+                                        tanh_c_at(t), h_at(t + 1))
         return
     W_hT = W_h.t()
     for t in range(T):
@@ -117,11 +119,10 @@ class LSTMRecurrence(torch.autograd.Function):
                 cpu_kernels: bool = True) -> torch.Tensor:
         T, B, D = x.shape
         H = W_h.shape[1]
+        ctx.key = (T, B, H, x.dtype, x.device)
+        gates, c, h, tanh_c = take_buffers(*ctx.key)
         # W_x x_t + b for all steps in one matmul, in the buffer the gates of each step will fill.
-        gates = torch.addmm(b, x.reshape(T * B, D), W_x.t()).view(T, B, 4 * H)
-        c = x.new_zeros(T + 1, B, H)                       # c[0] = c_0 = 0
-        h = x.new_zeros(T + 1, B, H)                       # h[0] = h_0 = 0
-        tanh_c = x.new_empty(T, B, H)
+        torch.addmm(b, x.reshape(T * B, D), W_x.t(), out=gates.view(T * B, 4 * H))
         ctx.once = cpu_kernels and lstm_kernel.applies(gates)
         cell, mm_forward, ctx.mm_backward = plan(B, H) if ctx.once else ("torch", "mm", "mm")
         forward_loop(gates, c, h, tanh_c, W_h, cell, mm_forward)
@@ -149,17 +150,44 @@ class LSTMRecurrence(torch.autograd.Function):
         grad_b = grad_a.sum(0) if need[2] else None
         # h_0 = 0: the first step adds nothing to dW_h, so its B rows are left out of the product.
         grad_W_h = grad_a[B:].t() @ h[1:T].reshape((T - 1) * B, H4 // 4) if need[3] else None
+        if ctx.once:  # the backward has run and may not run again: the next forward can have the buffers
+            give_back_buffers(ctx.key, (gates, c, h, tanh_c))
         return grad_x, grad_W_x, grad_b, grad_W_h, None
+
+
+# Activations of a training step, kept for the next step of the same shape. Fresh blocks of several
+# megabytes each step cost page faults (filling a new 5 MB gate buffer took longer than the step's
+# input projection itself); reused ones are already mapped. A set is in the pool only between a
+# backward that finished with it and the next forward that takes it, so a graph never shares its
+# activations: a forward whose backward never comes simply lets its set go.
+_pool: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+def take_buffers(T: int, B: int, H: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """gates (T, B, 4H), c and h (T + 1, B, H) with c[0] = h[0] = 0, tanh_c (T, B, H)."""
+    kept = _pool.pop((T, B, H, dtype, device), None)
+    if kept is not None:
+        return kept  # c[0] and h[0] are only ever read, so they are still 0
+    new = dict(dtype=dtype, device=device)
+    return (torch.empty(T, B, 4 * H, **new), torch.zeros(T + 1, B, H, **new), torch.zeros(T + 1, B, H, **new),
+            torch.empty(T, B, H, **new))
+
+
+def give_back_buffers(key: tuple, buffers: tuple[torch.Tensor, ...]) -> None:
+    _pool.clear()  # one shape at a time: an evaluation's large batch is not kept
+    _pool[key] = buffers
 
 
 def _backward_c(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
                 times_W_h_t: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """dLoss/d(pre-activations) (T, B, 4H), written over `gates`; one kernel call and one product a step."""
-    T = gates.shape[0]
+    T, B, H4 = gates.shape
     dh = grad_h
     dc = torch.zeros_like(dh)                              # updated in place by the kernel
+    gates_at, c_at, tanh_c_at = map(lstm_kernel.step_address, (gates, c, tanh_c))
     for t in range(T - 1, -1, -1):
-        lstm_kernel.backward_step(gates[t], c[t], tanh_c[t], dh, dc)
+        # gates[t] -> dLoss/d(pre-activations) of step t; dc to dLoss/dc_{t-1}
+        lstm_kernel.backward_step_at(B, H4 // 4, gates_at(t), c_at(t), tanh_c_at(t), dh.data_ptr(), dc.data_ptr())
         if t > 0:
             dh = times_W_h_t(gates[t])                     # to h_{t-1}
     return gates

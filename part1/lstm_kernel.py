@@ -148,6 +148,23 @@ def backward_step(gates: torch.Tensor, c_prev: torch.Tensor, tanh_c: torch.Tenso
                             dc.data_ptr())
 
 
+def step_address(block: torch.Tensor) -> Callable[[int], int]:
+    """t -> the address of block[t] for a contiguous (T, ...) block: the time loops pass these to the C
+    cell instead of making a view of each step (the views cost more than the cell at batch 128)."""
+    base, stride = block.data_ptr(), block.stride(0) * block.element_size()
+    return lambda t: base + t * stride
+
+
+def forward_step_at(B: int, H: int, gates: int, hw: int, c_prev: int, c: int, tanh_c: int, h: int) -> None:
+    """forward_step on addresses (step_address) of contiguous float32 blocks."""
+    _lib.lstm_forward_step(B, H, gates, hw, c_prev, c, tanh_c, h)
+
+
+def backward_step_at(B: int, H: int, gates: int, c_prev: int, tanh_c: int, dh: int, dc: int) -> None:
+    """backward_step on addresses (step_address) of contiguous float32 blocks."""
+    _lib.lstm_backward_step(B, H, gates, c_prev, tanh_c, dh, dc)
+
+
 # --- oneDNN through private PyTorch operators ----------------------------------------------------
 
 def _onednn_probe() -> str:
