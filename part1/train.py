@@ -95,9 +95,17 @@ class Config:
         check_threads(self.threads)
         cap = capped_size(self.input_length, self.data_size)
         if cap < self.data_size:
-            if warn:  # capped, as in the course template, with a one-line warning
+            # Capped, as in the course template. An epoch over the few palindromes of a short length
+            # is a few steps (7 at length 5), too few to learn in --max_epoch of them: without a
+            # --max_steps, the run keeps the steps that --data_size would have given, in more epochs.
+            note = ""
+            if not self.max_steps:
+                steps = self.max_epoch * self.steps_per_epoch(self.data_size)
+                self.max_epoch = math.ceil(steps / self.steps_per_epoch(cap))
+                note = f", in {self.max_epoch} epochs: the {steps} steps of --max_epoch over --data_size"
+            if warn:
                 print(f"warning: --data_size {self.data_size} exceeds the {cap} distinct palindromes of "
-                      f"length {self.input_length + 1}; using {cap}", file=sys.stderr)
+                      f"length {self.input_length + 1}; using {cap}{note}", file=sys.stderr)
             self.data_size = cap
         n_train = int(self.data_size * self.portion_train)
         if n_train < 1 or self.data_size - n_train < 1:
@@ -106,6 +114,9 @@ class Config:
         if not self.out:
             self.out = str(HERE / "runs" / f"{self.model}_len{self.input_length}_seed{self.seed}")
         return self
+
+    def steps_per_epoch(self, data_size: int) -> int:
+        return math.ceil(int(data_size * self.portion_train) / self.batch_size)
 
     def check_memory(self, device: torch.device) -> None:
         """Refuse sizes whose tensors cannot fit where they will live (the GPU's memory on CUDA)."""

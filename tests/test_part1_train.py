@@ -125,3 +125,14 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
         train(Config(max_epoch=2, out=str(tmp_path), resume=True, **{**TINY_CONFIG, "input_length": 7}))
     with pytest.raises(UserError, match="--model"):
         train(Config(max_epoch=2, out=str(tmp_path), resume=True, model="rnn", **TINY_CONFIG))
+
+
+def test_capped_data_keeps_the_step_budget_of_the_requested_size(capsys: pytest.CaptureFixture) -> None:
+    """Length 5 has 1,000 palindromes: 20 epochs of 7 steps cannot learn, so the default run keeps
+    the 12,500 steps of 20 epochs over 100,000; an explicit --max_steps budget is left as it is."""
+    config = Config(input_length=4).validate()
+    assert config.data_size == 1000 and config.max_epoch == 1786  # ceil(20 * 625 / 7)
+    assert "1786 epochs" in capsys.readouterr().err
+    budget = Config(input_length=4, max_steps=500, max_epoch=20).validate(warn=False)
+    assert budget.data_size == 1000 and budget.max_epoch == 20
+    assert Config(input_length=4).validate().validate().max_epoch == 1786  # validating again changes nothing
