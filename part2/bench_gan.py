@@ -40,15 +40,34 @@ PROG = "bench_gan.py"
 PLAIN = "plain conventional (template recipe)"
 
 
-def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> Callable[[], None]:
-    """One call = one iteration of the template-style pipeline (DataLoader + float32 + two G forwards)."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+def loader_batches(data_dir: str, batch_size: int, device: torch.device) -> Callable[[], torch.Tensor]:
+    """next_batch() -> (B, 1, 28, 28) on the device, as a template script gets them: torchvision MNIST
+    through a DataLoader with per-sample ToTensor/Normalize, reshuffled at the end of each pass."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
     loader = DataLoader(datasets.MNIST(data_dir, train=True, download=False, transform=tf),
                         batch_size=batch_size, shuffle=True, drop_last=True)
+    batches = iter(loader)
+
+    def next_batch() -> torch.Tensor:
+        nonlocal batches
+        try:
+            real, _ = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            real, _ = next(batches)
+        return real.to(device)
+
+    return next_batch
+
+
+def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> Callable[[], None]:
+    """One call = one iteration of the template-style pipeline (DataLoader + float32 + two G forwards)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    next_batch = loader_batches(data_dir, batch_size, device)
     recipe = Config(latent_dim=latent_dim)
     G, D, _ = build_models(recipe, device)
     for i, module in enumerate(D.net):  # the stock module, not models.Dropout's cheaper mask
@@ -57,16 +76,9 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
     ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=False)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    batches = iter(loader)
 
     def step() -> None:
-        nonlocal batches
-        try:
-            real, _ = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            real, _ = next(batches)
-        real = real.to(device)
+        real = next_batch()
         b = real.shape[0]
         ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
         real_target = torch.full((b,), 1.0 - recipe.label_smoothing, device=device)
@@ -90,25 +102,13 @@ def plain_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.de
     """One call = one iteration of the loop most students write: the course template's recipe as in
     PyTorch-GAN's gan.py (DataLoader with per-sample ToTensor/Normalize, float32, no stabilisers,
     one G forward per batch, G updated first, both losses read every iteration)."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
-
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
-    loader = DataLoader(datasets.MNIST(data_dir, train=True, download=False, transform=tf),
-                        batch_size=batch_size, shuffle=True, drop_last=True)
+    next_batch = loader_batches(data_dir, batch_size, device)
     G, D, _ = build_models(Config(latent_dim=latent_dim, d_dropout=0.0, ema=0.0), device)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    batches = iter(loader)
 
     def step() -> None:
-        nonlocal batches
-        try:
-            real, _ = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            real, _ = next(batches)
-        real = real.to(device)
+        real = next_batch()
         b = real.shape[0]
         ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
         z = torch.randn(b, latent_dim, device=device)

@@ -33,3 +33,9 @@ def write_fake_mnist(root: Path, n_train: int = 256, n_test: int = 64, seed: int
 def fake_mnist(tmp_path: Path) -> Path:
     """A data_dir holding a tiny random MNIST (256 train, 64 test images)."""
     return write_fake_mnist(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir holding 64 random training images (4 batches of 16), shared by a test module."""
+    return write_fake_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=16)

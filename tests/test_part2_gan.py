@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import my_gan
-from conftest import ROOT, SHARED_MNIST, write_fake_mnist
+from conftest import ROOT, SHARED_MNIST
 from cs324_utils import UserError, all_finite
 from models import Discriminator, Dropout, Generator, load_generator, parameter_count, save_generator
 from my_gan import Config, TrainingDiverged, TrainingInterrupted, train
@@ -46,11 +46,6 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs"
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=16)
 
 
 @pytest.fixture(scope="module")

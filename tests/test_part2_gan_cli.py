@@ -21,8 +21,9 @@ from run_folder import read_csv_rows, tensors_in
 
 SCRIPT = ROOT / "part2" / "my_gan.py"
 # 64 fake images in batches of 16: 4 iterations per epoch.
-TINY = dict(batch_size=16, save_interval=3, seed=3, device="cpu", download=False)
-TINY_FLAGS = ["--batch_size", "16", "--save_interval", "3", "--seed", "3", "--device", "cpu", "--no_download"]
+TINY = dict(batch_size=16, save_interval=3, seed=3, device="cpu", download=False, precision="bf16")
+TINY_FLAGS = ["--batch_size", "16", "--save_interval", "3", "--seed", "3", "--device", "cpu", "--no_download",
+              "--precision", "bf16"]
 
 
 def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -34,11 +35,6 @@ def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=16)
 
 
 @pytest.fixture(scope="module")
