@@ -10,10 +10,9 @@ Two layers, each with a fast variant and a plain PyTorch one that computes the s
                     _linear_pointwise: no stability promise; tested with torch 2.11 and 2.14.1);
           "mm":     torch.mm (MKL or OpenBLAS).
 
-Which variant wins depends on the CPU and the thread count. On an AMD EPYC with two threads oneDNN
-took 57 us a product against 100 us for torch.mm (with one thread, about the same), while on an
-Intel Xeon with AMX torch.mm took 79 us against oneDNN's 105 us; the C cell won on both (92 against
-105 us on the Xeon; half the training step at length 99 on the EPYC). So nothing is assumed: at
+Which variant wins depends on the CPU and the thread count: on the AMD EPYC of
+part1/results/bench.txt oneDNN and the C cell are the faster, while on a CPU whose torch.mm runs
+on well-tuned kernels (MKL on Intel) the plain product can win. So nothing is assumed: at
 first use for a shape, both variants are timed for a few milliseconds (interleaved, the median of
 several rounds, on inputs drawn from a private torch.Generator so the global RNG and thus seeded
 training are untouched); the plain variant is kept for the rest of the process only if it is clearly

@@ -1,10 +1,10 @@
 """--precision auto: time one G+D forward and backward in bf16 autocast and in float32, keep the faster.
 
-Which one wins depends on the processor: on an AMD EPYC with AVX-512 BF16 the bf16 step was about
-1.5x faster (part2/results/bench_gan.txt), on an Intel Xeon with AMX about 6% slower, and on a GPU
-these small layers are launch-bound and bf16 only adds casts. So it is measured on the machine at
-hand, in a fraction of a second, on copies of the models and under a forked random state: the run's
-own weights and random streams are untouched. bf16 must win by MARGIN to be chosen, so that
+Which one wins depends on the processor: on an AMD EPYC with AVX-512 BF16 the bf16 loop is about
+1.5x faster (part2/results/bench_gan.txt), while on other CPUs, and on a GPU where these small layers
+are launch-bound, bf16 can only add casts. So it is measured on the machine at hand, in a fraction
+of a second, on copies of the models and under a forked random state: the run's own weights and
+random streams are untouched. bf16 must win by MARGIN to be chosen, so that
 timing noise cannot flip a close call between two runs on one machine (the choice changes the
 rounding, and so a seeded run's exact numbers). The choice is printed and saved in config.json.
 """
