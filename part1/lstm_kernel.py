@@ -58,10 +58,9 @@ LAYERS = {"cell": ("c", "torch"), "matmul": ("onednn", "mm")}  # (fast variant, 
 ENV = {"cell": "CS324_LSTM_CELL", "matmul": "CS324_LSTM_MATMUL"}
 # What a fallback costs, measured with bench.py (batch 128, hidden 128) on an AMD EPYC: the cell
 # with one thread; oneDNN's 57 us against torch.mm's 100 us per product with two threads, alone.
-COST = {"cell": "the cell runs as PyTorch ops: training steps 1.3x (length 19) to 2.1x (length 99) slower "
-                "on an AMD EPYC (bench.py)",
-        "matmul": "the products run on torch.mm: from as fast to 1.75x slower per product, by CPU and "
-                  "threads (bench.py)"}
+# What a fallback costs, from part1/results/bench.txt (batch 128, hidden 128, an AMD EPYC, 2 threads).
+COST = {"cell": "the cell runs as PyTorch ops: training steps about 1.5x slower (bench.py)",
+        "matmul": "the products run on torch.mm: up to 1.4x slower a product, by CPU and threads (bench.py)"}
 # The plain variant replaces the fast one only when clearly faster: on a close call timing noise
 # could otherwise pick differently in two runs on one machine and change a seeded run's rounding.
 PLAIN_MARGIN = 0.85
