@@ -240,7 +240,7 @@ def refresh_bn_stats(generator: Generator, seed: int = 0) -> Generator:
 
 def resolve_precision(precision: str, device: torch.device, generator: Generator | None = None,
                       discriminator: Discriminator | None = None, batch_size: int = 64) -> tuple[str, str]:
-    """(bf16 or fp32, why) for --precision on this device; auto times both on copies of G and D.
+    """(bf16 or fp32, why) for --precision on this device; auto times both on copies of G and D on a CPU.
 
     bf16 autocast keeps master weights and optimiser state in float32; only matmuls and
     activations run in bf16. It is not used on mps, nor on a GPU without bf16.
@@ -251,6 +251,8 @@ def resolve_precision(precision: str, device: torch.device, generator: Generator
         return "fp32", "this GPU has no bf16"
     if precision != "auto":
         return precision, "--precision"
+    if device.type != "cpu":  # launch-bound there: bf16 only adds casts (results/bench_gan_cuda.txt)
+        return "fp32", "auto on a GPU"
     if generator is None or discriminator is None:
         raise ValueError("--precision auto needs the models to time")
     return choose_precision(generator, discriminator, batch_size, device)

@@ -2,11 +2,11 @@
 
 Which one wins depends on the processor: on an AMD EPYC with AVX-512 BF16 the bf16 loop is about
 1.5x faster (part2/results/bench_gan.txt), while on other CPUs, and on a GPU where these small layers
-are launch-bound, bf16 can only add casts. So it is measured on the machine at hand, in a fraction
-of a second, on copies of the models and under a forked random state: the run's own weights and
-random streams are untouched. bf16 must win by MARGIN to be chosen, so that
-timing noise cannot flip a close call between two runs on one machine (the choice changes the
-rounding, and so a seeded run's exact numbers). The choice is printed and saved in config.json.
+are launch-bound, bf16 can only add casts (my_gan.py uses float32 there). So on a CPU it is measured
+on the machine at hand, in a fraction of a second, on copies of the models and under a forked random
+state: the run's own weights and random streams are untouched. bf16 must win by MARGIN to be chosen,
+so that timing noise cannot flip a close call between two runs on one machine (the choice changes
+the rounding, and so a seeded run's exact numbers). The choice is printed and saved in config.json.
 """
 from __future__ import annotations
 
@@ -30,13 +30,6 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def time_precisions(generator: nn.Module, discriminator: nn.Module, batch_size: int,
                     device: torch.device) -> dict[str, float]:
     """Median seconds of one G forward + D forward and backward on 3 batch_size rows, per precision."""
@@ -46,18 +39,15 @@ def time_precisions(generator: nn.Module, discriminator: nn.Module, batch_size: 
     real = (torch.rand(batch_size, 1, 28, 28, generator=rng) * 2 - 1).to(device)
     contexts = {p: autocast_factory(p, device) for p in ("fp32", "bf16")}
     times: dict[str, list[float]] = {p: [] for p in contexts}
-    forked = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=forked):  # dropout draws here must not shift the run's stream
+    with torch.random.fork_rng(devices=[]):  # dropout draws here must not shift the run's stream
         for r in range(WARMUP + ROUNDS):
             for precision, autocast in contexts.items():
-                _sync(device)
                 t0 = time.perf_counter()
                 with autocast():
                     fake = G(z)
                     logits = D(torch.cat([real.to(fake.dtype), fake])).float()
                     logits_gen = D(fake).float()
                 (logits.sum() + logits_gen.sum()).backward()
-                _sync(device)
                 if r >= WARMUP:
                     times[precision].append(time.perf_counter() - t0)
     return {p: statistics.median(t) for p, t in times.items()}
@@ -65,11 +55,7 @@ def time_precisions(generator: nn.Module, discriminator: nn.Module, batch_size: 
 
 def choose_precision(generator: nn.Module, discriminator: nn.Module, batch_size: int,
                      device: torch.device) -> tuple[str, str]:
-    """("bf16" or "fp32", a one-line reason with the timings) for --precision auto."""
-    if device.type == "mps":
-        return "fp32", "bf16 autocast is not used on mps"
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "fp32", "this GPU has no bf16"
+    """("bf16" or "fp32", a one-line reason with the timings) for --precision auto on a CPU."""
     t = time_precisions(generator, discriminator, batch_size, device)
     choice = "bf16" if t["bf16"] < MARGIN * t["fp32"] else "fp32"
     return choice, f"measured bf16 {1000 * t['bf16']:.1f} ms vs fp32 {1000 * t['fp32']:.1f} ms a step"
