@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -28,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random accept it too
 THREADS_MAX = 1024
+TMP_SUFFIX = ".atomic.tmp"  # atomic_write's temp files: .NAME.XXXX.atomic.tmp beside NAME
 TORCH_THREADS = torch.get_num_threads()  # torch's own default, before any run changes it
 
 
@@ -62,9 +64,9 @@ def pick_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind, _, index = str(name).partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+    if not re.fullmatch(r"cpu|mps|cuda(:[0-9]+)?", str(name), flags=re.ASCII):
         raise UserError(f"--device: unknown device {name!r} (choose auto, cpu, cuda, cuda:N or mps)")
+    kind, _, index = str(name).partition(":")
     if kind == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is available (use --device cpu or auto)")
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
@@ -96,11 +98,18 @@ def check_threads(threads: int) -> int:
     return threads
 
 
-def file_mode() -> int:
-    """The permissions a plain open() gives a new file under the current umask."""
-    umask = os.umask(0)
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it; done once, at import, before any thread starts
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+UMASK = _read_umask()
+
+
+def file_mode() -> int:
+    """The permissions a plain open() gives a new file (under the umask the process started with)."""
+    return 0o666 & ~UMASK
 
 
 def _os_error(path: Path, exc: OSError) -> UserError:
@@ -117,24 +126,30 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     except OSError as exc:
         raise _os_error(path, exc) from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, file_mode())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         raise _os_error(path, exc) from None
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
 def remove_stray_tmp(folder: str | Path) -> list[Path]:
-    """Delete the *.tmp files that a write killed half-way left in folder; returns what was removed."""
-    removed = [p for p in Path(folder).glob("*.tmp") if p.is_file()]
+    """Delete the temp files that atomic writes killed half-way left in folder (only those: their names
+    are .NAME.XXXX.atomic.tmp); returns what was removed. Call it only where no other run is writing."""
+    removed = [p for p in Path(folder).glob(f".*{TMP_SUFFIX}") if p.is_file()]
     for p in removed:
         p.unlink()
     return removed

@@ -56,7 +56,8 @@ def gan_rate(out: Path, seconds: float) -> float:
 def start_gan(out: Path, data_dir: str, extra: list[str], log: Path) -> subprocess.Popen:
     """my_gan.py at its defaults in the background; returns once it has logged its first losses."""
     cmd = [sys.executable, str(PART2 / "my_gan.py"), "--data_dir", data_dir, "--no_download", "--out", str(out), *extra]
-    gan = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    with log.open("w") as out_file:  # the child keeps its own copy of the descriptor
+        gan = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while gan_rows(out) < 2:
         if gan.poll() is not None or time.time() > deadline:
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> None:
                 gan.wait(60)
             except subprocess.TimeoutExpired:
                 gan.kill()
-        gan_first_line = (tmp / "gan.log").read_text().splitlines()[0]
+        gan_first_line = next((line for line in (tmp / "gan.log").read_text().splitlines()
+                               if line.startswith("my_gan.py: ")), "(no first line)")
         after, _ = part1_rate(tmp / "after", args.steps, p1)
     print(f"GAN: {gan_first_line}")
     print(f"part 1 alone:        {alone:7.1f} steps/s ({threads} threads)")

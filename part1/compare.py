@@ -240,7 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "same arithmetic with CPU kernels, runs the LSTM; reference runs LSTM.recurrence under "
                         "plain autograd (default: fast)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default: 0, torch's default)")
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads of each run (default: 0, the cores idle when it starts)")
     p.add_argument("--out", default=str(HERE / "runs" / "compare"), help="folder for runs and results (default: part1/runs/compare)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep in --out: keep its finished runs, resume interrupted ones")

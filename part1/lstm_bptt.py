@@ -174,8 +174,10 @@ def take_buffers(T: int, B: int, H: int, dtype: torch.dtype, device: torch.devic
 
 
 def give_back_buffers(key: tuple, buffers: tuple[torch.Tensor, ...]) -> None:
-    _pool.clear()  # one shape at a time: an evaluation's large batch is not kept
+    """Keep the two shapes trained on most recently (a full batch and an epoch's last, smaller one)."""
     _pool[key] = buffers
+    while len(_pool) > 2:
+        del _pool[next(iter(_pool))]  # the oldest
 
 
 def _backward_c(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,

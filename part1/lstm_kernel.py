@@ -56,8 +56,6 @@ COMMON = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-ffini
 
 LAYERS = {"cell": ("c", "torch"), "matmul": ("onednn", "mm")}  # (fast variant, plain variant)
 ENV = {"cell": "CS324_LSTM_CELL", "matmul": "CS324_LSTM_MATMUL"}
-# What a fallback costs, measured with bench.py (batch 128, hidden 128) on an AMD EPYC: the cell
-# with one thread; oneDNN's 57 us against torch.mm's 100 us per product with two threads, alone.
 # What a fallback costs, from part1/results/bench.txt (batch 128, hidden 128, an AMD EPYC, 2 threads).
 COST = {"cell": "the cell runs as PyTorch ops: training steps about 1.5x slower (bench.py)",
         "matmul": "the products run on torch.mm: up to 1.4x slower a product, by CPU and threads (bench.py)"}

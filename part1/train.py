@@ -102,7 +102,7 @@ class Config:
             if not self.max_steps:
                 steps = self.max_epoch * self.steps_per_epoch(self.data_size)
                 self.max_epoch = math.ceil(steps / self.steps_per_epoch(cap))
-                note = f", in {self.max_epoch} epochs: the {steps} steps of --max_epoch over --data_size"
+                note = f", in {self.max_epoch} epochs: about the {steps} steps of --max_epoch over --data_size"
             if warn:
                 print(f"warning: --data_size {self.data_size} exceeds the {cap} distinct palindromes of "
                       f"length {self.input_length + 1}; using {cap}{note}", file=sys.stderr)
@@ -256,11 +256,15 @@ def prepare_out(config: Config) -> dict | None:
         return ckpt
     refuse_existing_run(out, (METRICS, CHECKPOINT), config.resume, config.overwrite)
     check_writable_dir(out)
-    if config.overwrite:  # asked for by name: nothing of the earlier run may be mistaken for this one's
-        for name in (CHECKPOINT, METRICS, CURVES):
-            (out / name).unlink(missing_ok=True)
-        remove_stray_tmp(out)
     return None
+
+
+def clear_earlier_run(config: Config) -> None:
+    """--overwrite, once the new run is built: nothing of the earlier run may be mistaken for this one's."""
+    out = Path(config.out)
+    for name in (CHECKPOINT, METRICS, CURVES):
+        (out / name).unlink(missing_ok=True)
+    remove_stray_tmp(out)
 
 
 def load_checkpoint(path: Path, config: Config) -> dict:
@@ -307,6 +311,8 @@ def setup(config: Config) -> Run:
               threads_why=threads_why)
     if ckpt is not None:
         restore(run, ckpt)
+    elif config.overwrite:
+        clear_earlier_run(config)
     run.start = time.perf_counter() - (ckpt["elapsed"] if ckpt is not None else 0.0)
     return run
 

@@ -186,19 +186,22 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
     return {phase: seconds * 1000 / iters for phase, seconds in parts.items()}
 
 
-def whole_script(data_dir: str, threads: int) -> dict[str, float]:
+def whole_script(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> dict[str, float]:
     """One epoch of my_gan.train at its defaults into a scratch folder: what a user's run does per
-    iteration (weight average, logging, sample grids, snapshots, checkpoint), and its start-up."""
+    iteration (weight average, logging, sample grids, snapshots, checkpoint), and its start-up.
+    It runs with the benchmark's device, sizes and thread count, so its row compares with the others."""
     import tempfile
 
     import my_gan
 
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         config = my_gan.Config(n_epochs=1, data_dir=data_dir, download=False, out=str(Path(tmp) / "gan"),
-                               threads=threads)
+                               device=str(device), batch_size=batch_size, latent_dim=latent_dim, threads=threads)
         t0 = time.perf_counter()
         summary = my_gan.train(config)
         wall = time.perf_counter() - t0
+    torch.set_num_threads(threads)
     loop_ms = summary["seconds"] * 1000 / summary["iterations"]
     return {"ms_per_iter": loop_ms, "startup_s": wall - summary["seconds"], "precision": summary["precision"]}
 
@@ -276,7 +279,7 @@ def run(args: argparse.Namespace) -> None:
     }
     first = max(args.rounds // 2, 1)
     times = time_rounds(loops, args.warmup, args.iters * first // args.rounds, first)
-    script = None if args.no_script else whole_script(args.data_dir, args.threads)
+    script = None if args.no_script else whole_script(args.data_dir, args.batch_size, args.latent_dim, device)
     if args.rounds > first:
         later = time_rounds(loops, 0, args.iters * (args.rounds - first) // args.rounds, args.rounds - first)
         times = {name: times[name] + later[name] for name in times}

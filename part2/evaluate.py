@@ -50,8 +50,8 @@ SAMPLE_BYTES = 4 * (IMG_PIXELS + 1024) + 8 * (FEATURE_DIM + N_CLASSES)
 
 def check_sampling(n_samples: int, seed: int) -> None:
     """Refuse a sample count that gives no covariance or cannot fit in memory, and a seed numpy cannot take."""
-    if n_samples < 2:
-        raise UserError(f"--n_samples must be >= 2 (a covariance needs two samples), got {n_samples}")
+    if n_samples < IS_SPLITS:
+        raise UserError(f"--n_samples must be >= {IS_SPLITS} (the Inception Score's splits), got {n_samples}")
     check_fits(n_samples * SAMPLE_BYTES, f"--n_samples {n_samples}")
     check_seed(seed)
 

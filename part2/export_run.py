@@ -100,7 +100,7 @@ def swap_in(new: Path, out_dir: Path) -> None:
             os.rename(old, out_dir)
         raise
     if old is not None:
-        shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)  # the new export is in place: a leftover is only clutter
 
 
 def export_run(run_dir: Path, out_dir: Path, every: int = 25, overwrite: bool = False) -> list[str]:

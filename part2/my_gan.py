@@ -362,6 +362,8 @@ def build_run(config: Config, device: torch.device, folder: RunFolder, images: t
     opt_g, opt_d = make_optimizers(generator, discriminator, config.lr, device)
     # auto is timed on copies under a forked RNG: the run's weights and random streams are untouched.
     precision, why = resolve_precision(config.precision, device, generator, discriminator, config.batch_size)
+    if config.resume and why == "--precision":
+        why = "as the checkpoint was trained"
     config = replace(config, precision=precision)  # the checkpoint records what the run trains in
     autocast = autocast_factory(precision, device)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
@@ -403,6 +405,8 @@ def setup_run(config: Config, command: str | None) -> Run:
     if ckpt is not None:  # auto settings continue as the run resolved them: the same rounding as before
         saved = ckpt["config"]
         config = replace(config, precision=saved["precision"] if config.precision == "auto" else config.precision)
+        if not isinstance(config.precision, str) or config.precision not in ("bf16", "fp32"):
+            raise UserError(f"--resume: {folder.checkpoint} records no precision this script knows")
     threads, threads_why = set_threads(config.threads)
     config = replace(config, threads=threads)  # recorded: the count the run started with
     scorer = load_scorer() if config.eval_scores else None  # now rather than after hours of training

@@ -39,7 +39,9 @@ LOG_EVERY = 50  # iterations averaged into one row of losses.csv
 CSV_HEADER = ["iteration", "epoch", "loss_d", "loss_g", "d_real", "d_fake"]
 SNAPSHOTS = ("start", "half", "end")
 # Any of these makes a folder an earlier run, which a new run may not silently replace.
-RUN_MARKERS = ("checkpoint.pt", "config.json", "losses.csv", *(f"generator_{t}.pt" for t in SNAPSHOTS))
+# Any of these makes a folder a run that a new one must not write over (clear() deletes them on --overwrite).
+RUN_MARKERS = ("checkpoint.pt", "config.json", "losses.csv", "losses.png", "scores.json",
+               *(f"generator_{t}.pt" for t in SNAPSHOTS), *(f"grid_{t}.png" for t in SNAPSHOTS))
 CHECKPOINT_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "epoch", "iteration", "rng", "config",
                    "fixed_noise")
 
@@ -85,6 +87,8 @@ class RunFolder:
             raise UserError(f"--resume: {self.checkpoint} is not a checkpoint of {self.prog} "
                             f"(missing {', '.join(missing)})")
         saved = ckpt["config"]
+        if not isinstance(saved, dict) or not isinstance(ckpt["epoch"], int) or not isinstance(ckpt["iteration"], int):
+            raise UserError(f"--resume: {self.checkpoint} is not a checkpoint of {self.prog} (malformed config or counters)")
         for name in must_match:
             if not same_setting(name, saved.get(name), getattr(config, name)):
                 raise UserError(f"--resume: the checkpoint was made with --{name} {saved.get(name)}, "
@@ -104,8 +108,9 @@ class RunFolder:
     def clear(self) -> None:
         """Delete the outputs of an earlier run here (the user asked for it with --overwrite)."""
         snapshots = [self.out / f"grid_{t}.png" for t in SNAPSHOTS] + [self.out / f"generator_{t}.pt" for t in SNAPSHOTS]
+        # scores.json and interpolation_*.png describe the earlier generators: they go with them.
         for path in [*self.grids.glob("iter_*.png"), *snapshots, self.checkpoint, self.out / "losses.png",
-                     self.out / "scores.json"]:  # scores.json: --eval_scores of the earlier generators
+                     self.out / "scores.json", *self.out.glob("interpolation_*.png")]:
             path.unlink(missing_ok=True)
 
     def log(self, iteration: int, epoch: int, stats: list[float]) -> None:

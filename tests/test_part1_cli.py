@@ -177,7 +177,7 @@ def test_a_second_sweep_is_refused_resumed_or_overwritten(tmp_path: Path) -> Non
 
 def test_resume_removes_stray_temporary_files(tmp_path: Path) -> None:
     assert run("train", [*TINY, "--max_epoch", "1", "--out", str(tmp_path)]).returncode == 0
-    stray = tmp_path / "checkpoint.ptx8k2_q.tmp"  # what a kill during the checkpoint write leaves
+    stray = tmp_path / ".checkpoint.pt.x8k2_q.atomic.tmp"  # what a kill during the checkpoint write leaves
     stray.write_bytes(b"half a checkpoint")
     result = run("train", [*TINY, "--max_epoch", "2", "--out", str(tmp_path), "--resume"])
     assert result.returncode == 0, result.stderr

@@ -43,7 +43,7 @@ def train_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]
 def test_default_output_is_not_the_committed_judge(fake_mnist: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture) -> None:
-    """`train_classifier.py --smoke` used to write over part2/results/classifier.pt; now it writes under runs/."""
+    """`train_classifier.py --smoke` writes under runs/, never over part2/results/classifier.pt."""
     committed = sha(DEFAULT_CLASSIFIER) if DEFAULT_CLASSIFIER.is_file() else None
     monkeypatch.setattr(train_classifier, "HERE", tmp_path)  # runs/ lands here, not in the repository
     code, err = train_cli(["--smoke", "--data_dir", str(fake_mnist), "--device", "cpu"], capsys)

@@ -21,8 +21,9 @@ import my_gan
 from conftest import ROOT, SHARED_MNIST
 from cs324_utils import UserError, all_finite
 from models import Discriminator, Dropout, Generator, load_generator, parameter_count, save_generator
-from my_gan import Config, TrainingDiverged, TrainingInterrupted, train
-from run_folder import read_csv_rows, tensors_in
+from my_gan import Config, train
+from pick_precision import autocast_factory
+from run_folder import TrainingDiverged, TrainingInterrupted, read_csv_rows, tensors_in
 
 PART2 = ROOT / "part2"
 # Tiny runs: 64 fake images, batches of 16 -> 4 iterations per epoch.
@@ -135,7 +136,7 @@ def test_train_step_updates_both_networks(precision: str) -> None:
     torch.manual_seed(0)
     g, d = Generator(16), Discriminator()
     opt_g, opt_d = my_gan.make_optimizers(g, d, 1e-3, torch.device("cpu"))
-    autocast = my_gan.autocast_factory(precision, torch.device("cpu"))
+    autocast = autocast_factory(precision, torch.device("cpu"))
     g0 = [p.detach().clone() for p in g.parameters()]
     d0 = [p.detach().clone() for p in d.parameters()]
     stats = my_gan.train_step(g, d, opt_g, opt_d, torch.rand(8, 1, 28, 28) * 2 - 1, autocast)

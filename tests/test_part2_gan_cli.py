@@ -113,19 +113,21 @@ def test_overwrite_starts_afresh_and_clears_the_earlier_outputs(tiny_data: Path,
 
 
 def test_resume_and_overwrite_remove_stray_temp_files(tiny_data: Path, tmp_path: Path) -> None:
-    """A run killed inside an atomic write leaves name*.tmp beside the file; the next run in that folder removes it."""
+    """A run killed inside an atomic write leaves .NAME.*.atomic.tmp beside the file; the next run there removes it,
+    and leaves the user's own *.tmp files alone."""
     out = tmp_path / "run"
     train(Config(n_epochs=1, data_dir=str(tiny_data), out=str(out), **TINY))
 
     def leave_strays() -> list[Path]:
-        strays = [out / "checkpoint.ptk3j_x.tmp", out / "grids" / "iter_0000006.pngq1.tmp"]
+        strays = [out / ".checkpoint.pt.k3j_x.atomic.tmp", out / "grids" / ".iter_0000006.png.q1.atomic.tmp"]
         for p in strays:
             p.write_bytes(b"half a file")
         return strays
 
     strays = leave_strays()
+    (out / "notes.tmp").write_text("mine")
     train(Config(n_epochs=2, data_dir=str(tiny_data), out=str(out), resume=True, **TINY))
-    assert not any(p.exists() for p in strays)
+    assert not any(p.exists() for p in strays) and (out / "notes.tmp").read_text() == "mine"
     strays = leave_strays()
     train(Config(n_epochs=1, data_dir=str(tiny_data), out=str(out), overwrite=True, **TINY))
     assert not any(p.exists() for p in strays)

@@ -43,6 +43,14 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["kept.json"]
 
 
+def test_only_atomic_temp_files_count_as_strays(tmp_path: Path) -> None:
+    mine = tmp_path / "draft.tmp"
+    mine.write_text("the user's")
+    stray = tmp_path / ".ckpt.pt.ab12.atomic.tmp"
+    stray.write_text("half")
+    assert cs324_utils.remove_stray_tmp(tmp_path) == [stray] and mine.exists()
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32, True, 1.5])
 def test_seeds_outside_numpys_range_are_refused(seed: object) -> None:
     with pytest.raises(UserError, match="--seed"):
