@@ -37,6 +37,14 @@ class UserError(Exception):
     """A problem with what the user asked for; CLIs print it as one line and exit 2."""
 
 
+class TrainingFailed(Exception):
+    """Training went wrong (a non-finite loss or weights, a failed check); nothing bad was saved; CLIs exit 1."""
+
+
+class TrainingStopped(Exception):
+    """Ctrl-C between updates: the checkpoint has been saved; CLIs print the message and exit 130."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (no usage block), like every other error of these scripts."""
 
@@ -45,12 +53,19 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run_cli(prog: str, body: Callable[[], Any]) -> Any:
-    """Call body(); a UserError becomes one line on stderr and exit code 2, Ctrl-C exit code 130."""
+    """Call body(); each way of stopping early is one line on stderr and an exit code: 2 for bad input
+    (UserError), 1 for a failed training (TrainingFailed), 130 after Ctrl-C."""
     try:
         return body()
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except TrainingFailed as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except TrainingStopped as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)

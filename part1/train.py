@@ -31,6 +31,8 @@ from lstm import LSTM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
     OneLineParser,
+    TrainingFailed,
+    TrainingStopped,
     UserError,
     all_finite,
     atomic_save,
@@ -161,7 +163,7 @@ RESUME_MAY_CHANGE = ("max_epoch", "max_steps", "target_accuracy", "eval_every", 
 RUN_CONTROL = ("out", "resume", "overwrite", "progress")
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(TrainingStopped):
     """Ctrl-C during training: the checkpoint has been saved; the CLI exits 130."""
 
     def __init__(self, step: int, checkpoint: Path) -> None:
@@ -375,7 +377,7 @@ def train_step(run: Run, batch: torch.Tensor) -> None:
     run.batch_in_epoch += 1
     loss_value = loss.item()
     if not math.isfinite(loss_value):
-        raise UserError(f"training diverged at step {run.step} (non-finite loss); try a lower --learning_rate")
+        raise TrainingFailed(f"training diverged at step {run.step} (non-finite loss); try a lower --learning_rate")
     run.window["loss"] += loss_value * len(y)
     run.window["correct"] += (logits.argmax(1) == y).sum().item()
     run.window["count"] += len(y)
@@ -406,7 +408,7 @@ def record(run: Run) -> dict:
                         "time": round(time.perf_counter() - run.start, 2)})
     run.window = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     if not math.isfinite(val_loss):
-        raise UserError(f"training diverged at step {run.step} (non-finite loss); try a lower --learning_rate")
+        raise TrainingFailed(f"training diverged at step {run.step} (non-finite loss); try a lower --learning_rate")
     return run.history[-1]
 
 
@@ -429,7 +431,7 @@ def save_checkpoint(run: Run) -> None:
     """Everything --resume needs, written atomically; a non-finite model is never saved."""
     state = run.model.state_dict()
     if not all_finite(state):
-        raise UserError(f"training diverged by step {run.step} (non-finite weights); {run.ckpt_path} keeps the "
+        raise TrainingFailed(f"training diverged by step {run.step} (non-finite weights); {run.ckpt_path} keeps the "
                         f"last good state; try a lower --learning_rate")
     mid_epoch = run.batch_in_epoch > 0
     atomic_save({"model": state, "optimizer": run.optimizer.state_dict(),
@@ -556,11 +558,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def run_and_report(config: Config) -> None:
-    try:
-        metrics = train(config)
-    except TrainingInterrupted as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        sys.exit(130)
+    metrics = train(config)  # TrainingInterrupted and TrainingFailed: run_cli's exits 130 and 1
     print(f"final validation accuracy {metrics['val_accuracy']:.4f} after {metrics['steps']} steps "
           f"({metrics['wall_time_s']:.0f} s); results in {metrics['config']['out']}")
 

@@ -626,15 +626,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_training(config: Config, command: str) -> None:
-    """train(), with each way of stopping early turned into one line on stderr and its exit code."""
+    """train(); a Ctrl-C outside the loop also says whether a checkpoint is there."""
     try:
-        train(config, command)
-    except TrainingInterrupted as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        sys.exit(130)
-    except TrainingDiverged as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        train(config, command)  # TrainingInterrupted and TrainingDiverged: run_cli's exits 130 and 1
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         ckpt = Path(config.out) / "checkpoint.pt"
         kept = f"{ckpt} holds the last checkpoint" if ckpt.is_file() else "no checkpoint was saved"

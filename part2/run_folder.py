@@ -22,6 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
+    TrainingFailed,
+    TrainingStopped,
     UserError,
     all_finite,
     atomic_save,
@@ -46,11 +48,11 @@ CHECKPOINT_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "epoch", "ite
                    "fixed_noise")
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(TrainingStopped):
     """Ctrl-C during training: the checkpoint has been saved; the CLI exits 130."""
 
 
-class TrainingDiverged(Exception):
+class TrainingDiverged(TrainingFailed):
     """A loss or weight became NaN or inf; nothing non-finite was written; the CLI exits 1."""
 
 

@@ -24,6 +24,7 @@ from classifier import DigitClassifier, classify, save_classifier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
     OneLineParser,
+    TrainingFailed,
     UserError,
     all_finite,
     check_seed,
@@ -55,10 +56,6 @@ DEFAULTS = {
     "smoke": False,
     "min_accuracy": None,  # MIN_ACCURACY, or 0 with --smoke (2048 images make no judge)
 }
-
-
-class TrainingFailed(Exception):
-    """Training ended with non-finite weights or a test accuracy below the floor; nothing saved; the CLI exits 1."""
 
 
 def default_out(smoke: bool) -> Path:
@@ -217,14 +214,7 @@ def parse_args(argv: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
 
-    def body() -> None:
-        try:
-            train(config)
-        except TrainingFailed as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            sys.exit(1)
-
-    run_cli(PROG, body)
+    run_cli(PROG, lambda: train(config))  # a TrainingFailed is one line and exit code 1
 
 
 if __name__ == "__main__":

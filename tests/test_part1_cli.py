@@ -224,3 +224,11 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path) ->
     assert_one_line_error(result, "checkpoint.pt")
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 10
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_diverging_run_stops_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A failed training is not bad input: exit code 1 (as in part 2), one line, and no metrics of a NaN model."""
+    result = run("train", [*TINY, "--learning_rate", "3e38", "--out", str(tmp_path / "nan")])  # inf by step 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1 and "diverged" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "nan" / "metrics.json").exists()
