@@ -287,26 +287,44 @@ def machine_line() -> str:
             f"torch {torch.__version__}")
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy seconds of all other processes, seconds of wall time x cores) so far, from /proc (Linux)."""
+def _usable_cpus() -> set[int] | None:
+    """The CPUs this process may run on (its affinity), or None where the system cannot say."""
     try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy seconds of all other processes, seconds of wall time x cores) so far, over the CPUs this
+    process may use, from /proc (Linux); our own time is subtracted in full, as it runs on those CPUs."""
+    usable = _usable_cpus()
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
         own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or (usable is not None and int(name[3:]) not in usable):
+            continue
+        values = [int(v) for v in fields[:8]]  # guest time is already counted in user time
+        total += sum(values)
+        busy += sum(values) - values[3] - values[4]  # all but idle and iowait
+    if total == 0:
+        return None
     ticks = os.sysconf("SC_CLK_TCK")
-    values = [int(v) for v in fields]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already counted in user time
     mine = int(own[11]) + int(own[12])  # utime + stime of this process
-    return (total - idle - mine) / ticks, total / ticks
+    return (busy - mine) / ticks, total / ticks
 
 
 def _idle_between(before: tuple[float, float] | None, after: tuple[float, float] | None) -> int | None:
     """Cores that other processes left idle between two _cpu_times() readings."""
     if before is None or after is None or after[1] <= before[1]:
         return None
-    cores = os.cpu_count() or 1
+    usable = _usable_cpus()
+    cores = len(usable) if usable else (os.cpu_count() or 1)
     busy = cores * (after[0] - before[0]) / (after[1] - before[1])
     # A core that others kept busy a third of the time is taken: our threads would wait on it.
     return max(0, math.floor(cores - busy + 0.3))
@@ -370,7 +388,8 @@ def set_threads(threads: int) -> tuple[int, str]:
         return default, "torch's default"
     chosen = max(1, min(default, free))
     torch.set_num_threads(chosen)
-    return chosen, f"{free} of {os.cpu_count()} cores idle at start"
+    usable = _usable_cpus()
+    return chosen, f"{free} of {len(usable) if usable else os.cpu_count()} cores idle at start"
 
 
 @contextlib.contextmanager

@@ -74,7 +74,7 @@ def test_unknown_devices_are_one_line_errors(name: str) -> None:
 
 def readings(monkeypatch: pytest.MonkeyPatch, others_busy_cores: list[float]) -> None:
     """Fake /proc readings: between consecutive readings, other processes kept this many cores busy."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     state = {"busy": 0.0, "total": 0.0, "i": 0}
 
     def fake() -> tuple[float, float]:
@@ -88,13 +88,13 @@ def readings(monkeypatch: pytest.MonkeyPatch, others_busy_cores: list[float]) ->
 
 
 def test_threads_follow_the_cores_other_jobs_leave_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    if (os.cpu_count() or 1) < 2:
+    if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core: nothing to share")
     before = torch.get_num_threads()
     try:
         readings(monkeypatch, [0.0, 0.0, 1.0, 1.0, 0.1])  # alone, then another job takes a core, then leaves
         monkeypatch.setattr(cs324_utils, "TORCH_THREADS", 2)
-        assert cs324_utils.set_threads(0) == (2, "2 of %d cores idle at start" % os.cpu_count())
+        assert cs324_utils.set_threads(0) == (2, "2 of %d cores idle at start" % len(os.sched_getaffinity(0)))
         governor = cs324_utils.ThreadGovernor(most=2, every=0.0)
         governor.check()  # the other job's core: down to one thread
         assert torch.get_num_threads() == 1
@@ -106,3 +106,15 @@ def test_threads_follow_the_cores_other_jobs_leave_idle(monkeypatch: pytest.Monk
             cs324_utils.set_threads(99999999999)
     finally:
         torch.set_num_threads(before)
+
+
+def test_part_modules_with_common_names_are_the_repositorys() -> None:
+    """Scripts run with their own folder first on sys.path (and the tests and notebooks put it first), so
+    a module named like an installed package (evaluate, models, dataset) is always this repository's."""
+    import dataset
+    import evaluate
+    import models
+
+    root = Path(cs324_utils.__file__).resolve().parent
+    for module, part in ((dataset, "part1"), (evaluate, "part2"), (models, "part2")):
+        assert Path(module.__file__).resolve().parent == root / part, module.__file__
