@@ -226,6 +226,12 @@ def repo_relative(path: str | Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def check_resume_or_overwrite(resume: bool, overwrite: bool, what: str = "run") -> None:
+    """--resume continues what --out holds and --overwrite replaces it: refuse both at once, at the door."""
+    if resume and overwrite:
+        raise UserError(f"--resume continues the {what} in --out and --overwrite starts it afresh; give one of them")
+
+
 def refuse_existing_run(out: str | Path, markers: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Stop before a new run writes over an earlier one: a folder holding any of `markers` is a run.
 

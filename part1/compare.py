@@ -28,6 +28,7 @@ from cs324_utils import (
     OneLineParser,
     UserError,
     atomic_write,
+    check_resume_or_overwrite,
     check_writable_dir,
     pick_device,
     refuse_existing_run,
@@ -62,8 +63,7 @@ def run_config(model: str, length: int, seed: int, args: argparse.Namespace) -> 
 
 def plan(args: argparse.Namespace) -> list[Config]:
     """Every run of the sweep, validated before the first one trains."""
-    if args.resume and args.overwrite:
-        raise UserError("--resume continues the sweep in --out and --overwrite trains it afresh; give one of them")
+    check_resume_or_overwrite(args.resume, args.overwrite, "sweep")
     for flag, values in (("--lengths", args.lengths), ("--seeds", args.seeds), ("--models", args.models)):
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:

@@ -38,6 +38,7 @@ from cs324_utils import (
     atomic_save,
     atomic_write,
     check_fits,
+    check_resume_or_overwrite,
     check_seed,
     check_threads,
     check_writable_dir,
@@ -93,6 +94,7 @@ class Config:
         for ok, message in self._checks():
             if not ok:
                 raise UserError(message)
+        check_resume_or_overwrite(self.resume, self.overwrite)
         check_seed(self.seed)
         check_threads(self.threads)
         cap = capped_size(self.input_length, self.data_size)
@@ -146,8 +148,6 @@ class Config:
             (0 <= self.target_accuracy <= 1, f"--target_accuracy must be in [0, 1] (0: off), got {self.target_accuracy}"),
             (self.eval_every >= 0, f"--eval_every must be >= 0 (0: once an epoch), got {self.eval_every}"),
             (self.lstm_impl in ("fast", "reference"), f"--lstm_impl must be fast or reference, got {self.lstm_impl!r}"),
-            (not (self.resume and self.overwrite), "--resume continues the run in --out and --overwrite starts "
-                                                   "afresh there; give one of them"),
         ]
 
 
@@ -303,7 +303,7 @@ def setup(config: Config) -> Run:
     model = build_model(config).to(device)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch(config.data_size)
     total = config.max_epoch * steps_per_epoch
     if config.max_steps:
         total = min(total, config.max_steps)

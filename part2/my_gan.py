@@ -34,6 +34,7 @@ from cs324_utils import (
     UserError,
     all_finite,
     check_fits,
+    check_resume_or_overwrite,
     check_seed,
     check_threads,
     pick_device,
@@ -114,8 +115,7 @@ class Config:
             raise UserError(f"--lr_decay must be none or linear, got {self.lr_decay!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.resume and self.overwrite:
-            raise UserError("--resume continues the run in --out and --overwrite starts afresh there; pass one")
+        check_resume_or_overwrite(self.resume, self.overwrite)
 
 
 # ----------------------------------------------------------------------------- the update
@@ -238,8 +238,8 @@ def refresh_bn_stats(generator: Generator, seed: int = 0) -> Generator:
     return generator.eval()
 
 
-def resolve_precision(precision: str, device: torch.device, generator: Generator | None = None,
-                      discriminator: Discriminator | None = None, batch_size: int = 64) -> tuple[str, str]:
+def resolve_precision(precision: str, device: torch.device, generator: Generator, discriminator: Discriminator,
+                      batch_size: int) -> tuple[str, str]:
     """(bf16 or fp32, why) for --precision on this device; auto times both on copies of G and D on a CPU.
 
     bf16 autocast keeps master weights and optimiser state in float32; only matmuls and
@@ -253,8 +253,6 @@ def resolve_precision(precision: str, device: torch.device, generator: Generator
         return precision, "--precision"
     if device.type != "cpu":  # launch-bound there: bf16 only adds casts (results/bench_gan_cuda.txt)
         return "fp32", "auto on a GPU"
-    if generator is None or discriminator is None:
-        raise ValueError("--precision auto needs the models to time")
     return choose_precision(generator, discriminator, batch_size, device)
 
 
@@ -274,7 +272,6 @@ class Run:
     ema: Generator | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    precision: str  # bf16 or fp32, what --precision resolved to
     autocast: Callable[[], Any]
     shuffle_gen: torch.Generator  # its own stream: shuffling never shifts the noise
     fixed_noise: torch.Tensor  # (25, latent_dim): every grid of a run shows these latents
@@ -364,11 +361,11 @@ def build_run(config: Config, device: torch.device, folder: RunFolder, images: t
     precision, why = resolve_precision(config.precision, device, generator, discriminator, config.batch_size)
     if config.resume and why == "--precision":
         why = "as the checkpoint was trained"
-    config = replace(config, precision=precision)  # the checkpoint records what the run trains in
+    config = replace(config, precision=precision)  # bf16 or fp32, which the checkpoint records
     autocast = autocast_factory(precision, device)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     fixed_noise = torch.randn(N_SAMPLES, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
-    return Run(config, device, folder, images, generator, discriminator, ema, opt_g, opt_d, precision, autocast,
+    return Run(config, device, folder, images, generator, discriminator, ema, opt_g, opt_d, autocast,
                shuffle_gen, fixed_noise, precision_why=why)
 
 
@@ -424,7 +421,7 @@ def setup_run(config: Config, command: str | None) -> Run:
               "n_train": run.n_train, "iterations_per_epoch": run.iters_per_epoch,
               "command": command, "resumed_at_iteration": run.iteration}
     folder.start(record, resumed_at=None if ckpt is None else run.iteration)
-    print(f"{PROG}: {device}, {run.precision} ({run.precision_why}), {threads} threads ({threads_why}); "
+    print(f"{PROG}: {device}, {run.config.precision} ({run.precision_why}), {threads} threads ({threads_why}); "
           f"{run.n_train} images, {run.iters_per_epoch} iterations/epoch of "
           f"{config.batch_size} (last {run.n_train % config.batch_size} images of each shuffle dropped), "
           f"{'resuming at iteration ' + str(run.iteration) if ckpt else 'new run'} -> {folder.out}")
@@ -506,7 +503,7 @@ def finish_run(run: Run, seconds: float, done: int) -> dict[str, Any]:
           f"{f'; threads changed {changes} times to follow other jobs' if changes else ''}); outputs in {out}")
     summary: dict[str, Any] = {
         "out": out, "iterations": run.iteration, "epochs": run.config.n_epochs, "seconds": seconds,
-        "device": str(run.device), "precision": run.precision, "checkpoint": run.folder.checkpoint,
+        "device": str(run.device), "precision": run.config.precision, "checkpoint": run.folder.checkpoint,
         "grids": {t: out / f"grid_{t}.png" for t in ("start", "half", "end")},
         "generators": {t: out / f"generator_{t}.pt" for t in ("start", "half", "end")},
         "losses_csv": run.folder.csv, "losses_png": out / "losses.png",
