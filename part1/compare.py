@@ -1,13 +1,16 @@
 """LSTM against vanilla RNN over palindrome lengths: the headline result of part 1.
 
 Trains both models at each input length for several seeds under the same budget (steps,
-learning rate, data, stopping rule), then writes compare.md (table), compare.png
-(accuracy against length) and compare.json to --out, one run folder per model, length and seed.
+learning rate, data, stopping rule), and the LSTM alone at the longer --lstm_lengths (the RNN is
+near chance from length 49 on, and a run at 199 would take it most of an hour). Writes compare.md
+(table), compare.png (accuracy against length), compare_curves.png (validation accuracy of every
+run against steps) and compare.json to --out, one run folder per model, length and seed.
 An --out that holds a sweep is continued with --resume (finished runs are kept and skipped,
 interrupted ones resume from their checkpoint, and every kept run must have been made with the
 settings given now) or trained afresh with --overwrite.
 
-    python compare.py                                  # lengths 4 9 19 29 49 99, seeds 0 1 2
+    python compare.py                                  # lengths 4 9 19 29 49 99 (+ LSTM 199), seeds 0 1 2
+    python compare.py --lstm_lengths                   # both models at lengths 4-99 only
     python compare.py --lengths 4 9 19 --seeds 0 --max_steps 3000   # a few minutes
     python compare.py --resume                         # continue an interrupted sweep
 """
@@ -41,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 PROG = "compare.py"
 MODELS = ("lstm", "rnn")
 SUMMARY = "compare.json"
-OUTPUTS = (SUMMARY, "compare.md", "compare.png")
+OUTPUTS = (SUMMARY, "compare.md", "compare.png", "compare_curves.png")
 # Settings a kept run may have been made with differently: how this invocation runs, and the
 # thread count (speed only).
 MAY_DIFFER = (*RUN_CONTROL, "threads")
@@ -64,22 +67,27 @@ def run_config(model: str, length: int, seed: int, args: argparse.Namespace) -> 
 def plan(args: argparse.Namespace) -> list[Config]:
     """Every run of the sweep, validated before the first one trains."""
     check_resume_or_overwrite(args.resume, args.overwrite, "sweep")
-    for flag, values in (("--lengths", args.lengths), ("--seeds", args.seeds), ("--models", args.models)):
+    for flag, values in (("--lengths", args.lengths + args.lstm_lengths), ("--seeds", args.seeds),
+                         ("--models", args.models)):
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:
             raise UserError(f"{flag} lists {repeated[0]} more than once")
-    if min(args.lengths) < 1:
-        raise UserError(f"--lengths must be >= 1, got {min(args.lengths)}")
+    for flag, values in (("--lengths", args.lengths), ("--lstm_lengths", args.lstm_lengths)):
+        if values and min(values) < 1:
+            raise UserError(f"{flag} must be >= 1, got {min(values)}")
     if args.max_steps < 1:
         raise UserError(f"--max_steps must be >= 1, got {args.max_steps}")
-    configs = [run_config(model, length, seed, args).validate(warn=False)
-               for length in args.lengths for model in args.models for seed in args.seeds]
+    runs = [(length, model) for length in args.lengths for model in args.models]
+    if "lstm" in args.models:
+        runs += [(length, "lstm") for length in args.lstm_lengths]
+    configs = [run_config(model, length, seed, args).validate(warn=False) for length, model in runs
+               for seed in args.seeds]
     if "lstm" in args.models:
         lstm_kernel.check_environment()
     device = pick_device(args.device)
     for config in configs:
         config.check_memory(device)
-    for length in args.lengths:  # one warning a length, once every run is known to be valid
+    for length in dict.fromkeys(c.input_length for c in configs):  # one warning a length, once all are valid
         capped = next(c.data_size for c in configs if c.input_length == length)
         if capped < args.data_size:
             print(f"warning: --data_size {args.data_size} exceeds the {capped} distinct palindromes of length "
@@ -146,7 +154,10 @@ def run_all(args: argparse.Namespace, configs: list[Config]) -> list[dict]:
               flush=True)
         rows.append({"model": config.model, "input_length": config.input_length, "seed": config.seed,
                      "lstm_init": describe_init(config) if config.model == "lstm" else None,
-                     "val_accuracy": metrics["val_accuracy"], "steps": metrics["steps"],
+                     "data_size": config.data_size, "val_accuracy": metrics["val_accuracy"],
+                     "peak_accuracy": max((h["val_accuracy"] for h in metrics["history"]),
+                                          default=metrics["val_accuracy"]),
+                     "curve": [[h["step"], h["val_accuracy"]] for h in metrics["history"]], "steps": metrics["steps"],
                      "steps_to_99": metrics["steps_to_99"], "wall_time_s": metrics["wall_time_s"]})
     return rows
 
@@ -167,8 +178,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     for (model, length), rs in groups.items():
         reached = [r["steps_to_99"] for r in rs if r["steps_to_99"] is not None]
         acc_mean, acc_std = mean_std([r["val_accuracy"] for r in rs])
-        summary.append({"model": model, "input_length": length, "runs": len(rs),
+        summary.append({"model": model, "input_length": length, "runs": len(rs), "data_size": rs[0]["data_size"],
                         "acc_mean": acc_mean, "acc_std": acc_std, "reached_99": len(reached),
+                        "peak_mean": statistics.fmean(r["peak_accuracy"] for r in rs),
                         "steps_to_99": mean_std(reached) if reached else None,
                         "lstm_init": rs[0]["lstm_init"],
                         "time_mean_s": statistics.fmean(r["wall_time_s"] for r in rs)})
@@ -182,15 +194,18 @@ def table(summary: list[dict], args: argparse.Namespace, command: str) -> str:
         f"Budget per run: at most {args.max_steps} steps of batch {args.batch_size}, RMSprop lr "
         f"{args.learning_rate}, clipping at {args.max_norm}, hidden {args.num_hidden}, "
         f"{'one-hot digits' if args.input_dim == 10 else 'digits as numbers'} (input_dim {args.input_dim}), "
-        f"{args.data_size} palindromes (80% train), validation every "
-        f"{args.eval_every} steps, stop at {args.target_accuracy:.1%} validation accuracy.",
+        f"{args.data_size} palindromes (80% train) or all there are where fewer exist (the palindromes "
+        f"column), validation every {args.eval_every} steps, stop at {args.target_accuracy:.1%} validation "
+        "accuracy. Peak: the best validation accuracy a run reached; final: where it stopped.",
         "",
-        "| model | input length | LSTM gate init | final val. accuracy (mean ± std) | runs reaching 99% | steps to 99% (mean ± std of those) | mean time per run |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | input length | LSTM gate init | palindromes | final val. accuracy (mean ± std) | peak val. accuracy (mean) "
+        "| runs reaching 99% | steps to 99% (mean ± std of those) | mean time per run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sorted(summary, key=lambda s: (s["model"], s["input_length"])):
         steps = f"{s['steps_to_99'][0]:,.0f} ± {s['steps_to_99'][1]:,.0f}" if s["steps_to_99"] else "—"
-        lines.append(f"| {s['model'].upper()} | {s['input_length']} | {s['lstm_init'] or '—'} | {s['acc_mean']:.4f} ± {s['acc_std']:.4f} "
+        lines.append(f"| {s['model'].upper()} | {s['input_length']} | {s['lstm_init'] or '—'} | {s['data_size']:,} "
+                     f"| {s['acc_mean']:.4f} ± {s['acc_std']:.4f} | {s['peak_mean']:.4f} "
                      f"| {s['reached_99']}/{s['runs']} | {steps} | {s['time_mean_s']:.0f} s |")
     return "\n".join(lines) + "\n"
 
@@ -217,10 +232,46 @@ def plot(rows: list[dict], summary: list[dict], path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Validation accuracy against steps, one panel per input length, every run: the RNN's
+    collapses and the LSTM's plateaus show here, not in the final numbers."""
+    from matplotlib.figure import Figure
+
+    lengths = sorted({r["input_length"] for r in rows})
+    ncols = min(4, len(lengths))
+    nrows = -(-len(lengths) // ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.7 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    for ax, length in zip(axes, lengths):
+        for model, color in zip(MODELS, ("tab:blue", "tab:red")):
+            for r in (r for r in rows if r["input_length"] == length and r["model"] == model):
+                steps, acc = zip(*r["curve"]) if r["curve"] else ((), ())
+                ax.plot(steps, acc, color=color, lw=1.2, alpha=0.8,
+                        label=model.upper() if r["seed"] == min(q["seed"] for q in rows) else None)
+        ax.axhline(0.1, color="gray", ls=":", lw=1)
+        ax.set_title(f"input length {length}", fontsize=10)
+        ax.set_ylim(0, 1.03)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(lengths):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("validation accuracy")
+    for ax in axes[(nrows - 1) * ncols:]:
+        ax.set_xlabel("training step")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Validation accuracy of every run (one line per seed; dotted: chance)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = Config()
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[4, 9, 19, 29, 49, 99], help="input lengths (default: 4 9 19 29 49 99)")
+    p.add_argument("--lstm_lengths", type=int, nargs="*", default=[199],
+                   help="longer input lengths at which only the LSTM trains (default: 199; "
+                        "give the flag alone for none)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models (default: lstm rnn)")
     p.add_argument("--max_steps", type=int, default=10_000, help="step budget per run (default: 10000)")
@@ -258,7 +309,8 @@ def sweep(args: argparse.Namespace, command: str) -> None:
     text = table(summary, args, command.strip())
     atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text))
     plot(rows, summary, out / "compare.png")
-    print("\n" + text + f"\nwritten to {out}/compare.md, compare.png, compare.json")
+    plot_curves(rows, out / "compare_curves.png")
+    print("\n" + text + f"\nwritten to {out}/compare.md, compare.png, compare_curves.png, compare.json")
 
 
 def main(argv: list[str] | None = None) -> None:

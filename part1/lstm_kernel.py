@@ -13,8 +13,9 @@ Two layers, each with a fast variant and a plain PyTorch one that computes the s
 Which variant wins depends on the CPU and the thread count: on the AMD EPYC of
 part1/results/bench.txt oneDNN and the C cell are the faster, while on a CPU whose torch.mm runs
 on well-tuned kernels (MKL on Intel) the plain product can win. So nothing is assumed: at
-first use for a shape, both variants are timed for a few milliseconds (interleaved, the median of
-several rounds, on inputs drawn from a private torch.Generator so the global RNG and thus seeded
+first use for a shape, both variants are timed for a few milliseconds (interleaved, the fastest of
+several rounds, since another job on the machine only ever adds time: a median under load once
+picked the cell that is twice as slow alone; on inputs drawn from a private torch.Generator so the global RNG and thus seeded
 training are untouched); the plain variant is kept for the rest of the process only if it is clearly
 faster (PLAIN_MARGIN), so that a close call does not flip between runs. `describe()` reports
 the choices, their timings and any fallback.
@@ -279,9 +280,11 @@ def _fast_available(layer: str) -> bool:
 
 
 def time_interleaved(candidates: dict[str, Callable[[], object]], budget_s: float = TIMING_BUDGET_S,
-                     max_rounds: int = MAX_ROUNDS) -> dict[str, float]:
-    """Median microseconds of each candidate call, timed in alternating rounds so that a busy moment
-    on the machine hits all of them alike; at least MIN_ROUNDS rounds, then until budget_s is spent."""
+                     max_rounds: int = MAX_ROUNDS, statistic: Callable[[list[float]], float] = statistics.median
+                     ) -> dict[str, float]:
+    """Microseconds of each candidate call (`statistic` of the rounds), timed in alternating rounds so
+    that a busy moment on the machine hits all of them alike; at least MIN_ROUNDS rounds, then until
+    budget_s is spent."""
     for fn in candidates.values():
         fn()  # warm-up: first calls allocate and pick kernels
     times: dict[str, list[float]] = {k: [] for k in candidates}
@@ -294,7 +297,7 @@ def time_interleaved(candidates: dict[str, Callable[[], object]], budget_s: floa
             times[k].append(time.perf_counter() - t0)
         if r + 1 >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
             break
-    return {k: 1e6 * statistics.median(v) for k, v in times.items()}
+    return {k: 1e6 * statistic(v) for k, v in times.items()}
 
 
 def decide(layer: str, shape: tuple[int, ...], make_candidates: Callable[[], dict[str, Callable[[], object]]]) -> str:
@@ -309,7 +312,7 @@ def decide(layer: str, shape: tuple[int, ...], make_candidates: Callable[[], dic
         return fast
     key = (layer, shape)
     if key not in _decisions:
-        us = time_interleaved(make_candidates())
+        us = time_interleaved(make_candidates(), statistic=min)
         choice = plain if us[plain] < PLAIN_MARGIN * us[fast] else fast
         _decisions[key] = {"choice": choice, "us": {k: round(v, 1) for k, v in us.items()}}
     return _decisions[key]["choice"]

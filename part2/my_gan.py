@@ -251,7 +251,7 @@ def resolve_precision(precision: str, device: torch.device, generator: Generator
         return "fp32", "this GPU has no bf16"
     if precision != "auto":
         return precision, "--precision"
-    if device.type != "cpu":  # launch-bound there: bf16 only adds casts (results/bench_gan_cuda.txt)
+    if device.type != "cpu":  # these small layers are launch-bound on a GPU: bf16 would only add casts
         return "fp32", "auto on a GPU"
     return choose_precision(generator, discriminator, batch_size, device)
 

@@ -4,7 +4,8 @@ Which one wins depends on the processor: on an AMD EPYC with AVX-512 BF16 the bf
 faster (part2/results/bench_gan.txt), while on other CPUs, and on a GPU where these small layers
 are launch-bound, bf16 can only add casts (my_gan.py uses float32 there). So on a CPU it is measured
 on the machine at hand, in a fraction of a second, on copies of the models and under a forked random
-state: the run's own weights and random streams are untouched. bf16 must win by MARGIN to be chosen,
+state: the run's own weights and random streams are untouched. Each precision counts its fastest
+round, since another job on the machine only ever adds time. bf16 must win by MARGIN to be chosen,
 so that timing noise cannot flip a close call between two runs on one machine (the choice changes
 the rounding, and so a seeded run's exact numbers). The choice is printed and saved in config.json.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import statistics
 import time
 from typing import Any, Callable
 
@@ -32,7 +32,7 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
 
 def time_precisions(generator: nn.Module, discriminator: nn.Module, batch_size: int,
                     device: torch.device) -> dict[str, float]:
-    """Median seconds of one G forward + D forward and backward on 3 batch_size rows, per precision."""
+    """Seconds of one G forward + D forward and backward on 3 batch_size rows, per precision (fastest round)."""
     G, D = copy.deepcopy(generator).train(), copy.deepcopy(discriminator).train()
     rng = torch.Generator().manual_seed(0)
     z = torch.randn(batch_size, G.latent_dim, generator=rng).to(device)
@@ -50,7 +50,7 @@ def time_precisions(generator: nn.Module, discriminator: nn.Module, batch_size: 
                 (logits.sum() + logits_gen.sum()).backward()
                 if r >= WARMUP:
                     times[precision].append(time.perf_counter() - t0)
-    return {p: statistics.median(t) for p, t in times.items()}
+    return {p: min(t) for p, t in times.items()}
 
 
 def choose_precision(generator: nn.Module, discriminator: nn.Module, batch_size: int,

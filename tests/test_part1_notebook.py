@@ -20,7 +20,7 @@ def test_part1_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     train(Config(input_length=5, data_size=600, batch_size=50, num_hidden=16, max_epoch=2,
                  out=str(results / "train_len20"), progress=False))
     sweep = subprocess.run([sys.executable, str(ROOT / "part1" / "compare.py"), "--lengths", "3", "--seeds", "0",
-                            "--max_steps", "10", "--eval_every", "5", "--data_size", "100", "--num_hidden", "8",
+                            "--max_steps", "10", "--eval_every", "5", "--data_size", "100", "--num_hidden", "8", "--lstm_lengths",
                             "--out", str(results / "compare")], capture_output=True, text=True, timeout=300)
     assert sweep.returncode == 0, sweep.stderr
     assert (results / "compare" / "compare.png").is_file()
@@ -34,6 +34,6 @@ def test_part1_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
                    resources={"metadata": {"path": str(ROOT / "tests")}}).execute()  # finds part1/ walking up
     outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # curves, comparison, live re-run
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4  # curves, comparison, its curves, live
     text = "".join(o.get("text", "") for o in outputs)
-    assert "final validation accuracy" in text and "lstm length 14" in text
+    assert "final validation accuracy" in text and "lstm length 14" in text and "6 runs of at most 10 steps" in text

@@ -1,0 +1,58 @@
+"""The setup task2.ipynb and task3.ipynb share: imports, and their inputs from environment variables.
+
+Each notebook's first cell puts part2/ on sys.path ($PART2_DIR, else the part2/ folder in the working
+folder or the nearest folder above it, so the notebooks run from anywhere inside the repository) and
+imports this module. Inputs, with the committed results as defaults:
+
+    GAN_RUN_DIR     a run folder written by my_gan.py (default part2/results/gan/)
+    GAN_CLASSIFIER  the digit classifier's weights (default part2/results/classifier.pt)
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from classifier import DEFAULT_CLASSIFIER
+from cs324_utils import repo_relative
+
+PART2 = Path(__file__).resolve().parent
+RUN_DIR = Path(os.environ.get("GAN_RUN_DIR", PART2 / "results" / "gan"))
+CLASSIFIER = Path(os.environ.get("GAN_CLASSIFIER", DEFAULT_CLASSIFIER))
+if not RUN_DIR.is_dir():
+    raise FileNotFoundError(f"GAN_RUN_DIR {RUN_DIR} is not a folder; point it at a run folder of my_gan.py")
+
+
+def shown(path: str | Path) -> str:
+    """A path as the notebooks print it: relative to the repository when inside it, so the committed
+    outputs hold no machine-specific paths."""
+    return repo_relative(path)
+
+
+def describe_run(run_dir: Path = RUN_DIR) -> None:
+    """Print the run folder, the command that trained it and its settings (from config.json when there is one)."""
+    print("run folder:", shown(run_dir))
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        print("(no config.json)")
+        return
+    config = json.loads(config_path.read_text())
+    if "command" in config:
+        print("trained by:", config["command"])
+    settings = [f"{k}={v}" for k, v in config.items() if k not in ("command", "out", "data_dir")]
+    for i in range(0, len(settings), 6):
+        print("  " + ", ".join(settings[i:i + 6]))
+
+
+def show(fig: Figure) -> None:
+    """Display a Figure of figures.py (drawn without pyplot) as the PNG its command line would write."""
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    display(Image(data=buffer.getvalue()))
