@@ -15,12 +15,11 @@ over a run otherwise); run folders, checkpoints and other internals go to part*/
 ignored by git. A command that fails stops the chain with one line naming the step to continue from.
 
 How long the whole chain takes, on a 2-core AMD EPYC (Zen 4) with torch 2.14.1: the times recorded
-in the committed files add up to 3 h 13 min (the sweep over lengths 4-99 1 h 42 min, the default
-GAN run with its scoring 1 h 6 min, the other six timed steps 26 min), most of it measured while
-the runs shared the two cores. Not recorded: seven 200-epoch GAN runs of the recipe comparison,
-about 7 h 36 min at the default run's 3,909 s each (one thread, beside two other runs); the LSTM
-runs at lengths 149 and 199 of the sweep (their metrics.json will record them); the benchmarks,
-figures and interpolation, minutes. About 11 to 12 hours in all, two thirds of it GAN training.
+in the committed files add up to 4 h 31 min (the sweep 2 h 49 min, the default GAN run with its
+scoring 1 h 6 min, the other timed steps 37 min), most of it measured while the runs shared the two
+cores. Not recorded: five 200-epoch GAN runs of the recipe comparison, about 5 h 26 min at the
+default run's 3,909 s each (one thread, beside two other runs); bench_shared_cpu, the figures and
+the interpolations, minutes. About 10 hours in all, more than half of it GAN training.
 --from and --only run part of the chain.
 
 --quick runs every step with tiny settings (a few steps or epochs, small sizes, one round of each
@@ -150,8 +149,11 @@ STEPS: tuple[Step, ...] = (
               "LSTM runs at those lengths ran alone with 2 threads (1-222 s each); the RNN runs ran as several "
               "one-thread processes side by side (`--models rnn`, then `--models rnn --lengths 99 --seeds 1` and "
               "`--seeds 2`, into the same folder), 1-1,068 s each, wall time under sharing. The LSTM runs at "
-              "lengths 149 and 199: pending, added with `--resume --threads 1` beside other jobs.",
-         seconds=6107.33,
+              "length 199 (842-1,648 s each, 4,005 s in all) were added later with `--resume --threads 1 "
+              "--models lstm --lengths 99 --lstm_lengths 199` and `--seeds 0 1` / `--seeds 2`, two processes "
+              "side by side beside other jobs; `--resume --threads 1` with the default lengths then rebuilt the "
+              "summary files from all 39 runs.",
+         seconds=6107.33 + 4004.64,
          note="compare.py with --resume keeps the finished runs in the folder and rebuilds compare.json, .md and "
               "the two plots from all of them; each metrics.json records the command of its own run."),
     Step("ablation_init", 1, "LSTM at length 49 with forget bias 1 instead of chrono initialisation",
@@ -176,9 +178,9 @@ STEPS: tuple[Step, ...] = (
                    quick={"--lengths": "4", "--steps": "2", "--rounds": "1", "--layer_seconds": "0.01"})
                for i in (1, 2, 3, 4)),
          outputs=("bench.txt",), capture="bench.txt", intro=BENCH_INTRO,
-         took="Not recorded; each run alone on the machine with 2 threads (its first line).",
-         note="The committed file holds the four runs' standard output, each under `## run N`, assembled by hand; "
-              "the driver writes the same sections, each with its command."),
+         took="529 s for the four runs (`make_results.py --only bench bench_gan`), alone on the machine with 2 "
+              "threads (each run's first line).", seconds=529,
+         note="Written by the driver: each run's standard output under `## run N`, with its command."),
     Step("bench_shared_cpu", 1, "part 1's training speed alone and beside a running my_gan.py",
          (Cmd('python part1/bench_shared_cpu.py --data_dir {mnist} --part1_args "--threads 2" --gan_args "--threads 2"',
               heading="Fixed threads: torch's own default, one thread per core",
@@ -270,9 +272,9 @@ STEPS: tuple[Step, ...] = (
                    quick={"--iters": "4", "--warmup": "1", "--rounds": "1", "--threads": "1", "--no_breakdown": ""})
                for i in (1, 2, 3)),
          outputs=("bench_gan.txt",), capture="bench_gan.txt", intro=BENCH_INTRO,
-         took="Not recorded; each run alone on the machine with 2 threads (its first line).",
-         note="The committed file holds the three runs' standard output, each under `## run N`, assembled by "
-              "hand; the driver writes the same sections, each with its command."),
+         took="115 s for the three runs (`make_results.py --only bench bench_gan`), alone on the machine with 2 "
+              "threads (each run's first line).", seconds=115,
+         note="Written by the driver: each run's standard output under `## run N`, with its command."),
 )
 
 HAND_NOTES = {  # files under part2/results written by hand, not by one step
@@ -417,8 +419,8 @@ def manifest(part: int) -> str:
         "replace the committed files; the files were first made without it, into empty folders. The times "
         "recorded below add up to "
         f"{hms(sum(s.seconds for s in steps if s.seconds is not None))} for this folder and {hms(seconds)} for "
-        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 11 to 12 "
-        "hours (make_results.py).",
+        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 10 hours "
+        "(make_results.py).",
         "",
         "This file is written by `python make_results.py --manifests` from the list of steps in "
         "make_results.py: change that list, not this file.",

@@ -246,7 +246,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         for model, color in zip(MODELS, ("tab:blue", "tab:red")):
             for r in (r for r in rows if r["input_length"] == length and r["model"] == model):
                 steps, acc = zip(*r["curve"]) if r["curve"] else ((), ())
-                ax.plot(steps, acc, color=color, lw=1.2, alpha=0.8,
+                # Markers: a run that stops at its first validation is a single point.
+                ax.plot(steps, acc, color=color, lw=1.2, alpha=0.8, marker="o", ms=2.5,
                         label=model.upper() if r["seed"] == min(q["seed"] for q in rows) else None)
         ax.axhline(0.1, color="gray", ls=":", lw=1)
         ax.set_title(f"input length {length}", fontsize=10)
