@@ -15,8 +15,8 @@ part1/results/bench.txt oneDNN and the C cell are the faster, while on a CPU who
 on well-tuned kernels (MKL on Intel) the plain product can win. So nothing is assumed: at
 first use for a shape, both variants are timed for a few milliseconds (interleaved, the fastest of
 several rounds, since another job on the machine only ever adds time: a median under load once
-picked the cell that is twice as slow alone; on inputs drawn from a private torch.Generator so the global RNG and thus seeded
-training are untouched); the plain variant is kept for the rest of the process only if it is clearly
+picked the cell that is twice as slow alone; on inputs drawn from a private torch.Generator so
+the global RNG and thus seeded training are untouched); the plain variant is kept for the rest of the process only if it is clearly
 faster (PLAIN_MARGIN), so that a close call does not flip between runs. `describe()` reports
 the choices, their timings and any fallback.
 

@@ -1,6 +1,6 @@
 """--precision auto: time one G+D forward and backward in bf16 autocast and in float32, keep the faster.
 
-Which one wins depends on the processor: on an AMD EPYC with AVX-512 BF16 the bf16 loop is 1.3-1.5x
+Which one wins depends on the processor: on an AMD EPYC with AVX-512 BF16 the bf16 loop is 1.4-1.6x
 faster (part2/results/bench_gan.txt), while on other CPUs, and on a GPU where these small layers
 are launch-bound, bf16 can only add casts (my_gan.py uses float32 there). So on a CPU it is measured
 on the machine at hand, in a fraction of a second, on copies of the models and under a forked random
