@@ -15,11 +15,12 @@ over a run otherwise); run folders, checkpoints and other internals go to part*/
 ignored by git. A command that fails stops the chain with one line naming the step to continue from.
 
 How long the whole chain takes, on a 2-core AMD EPYC (Zen 4) with torch 2.14.1: the times recorded
-in the committed files add up to 4 h 31 min (the sweep 2 h 49 min, the default GAN run with its
-scoring 1 h 6 min, the other timed steps 37 min), most of it measured while the runs shared the two
-cores. Not recorded: five 200-epoch GAN runs of the recipe comparison, about 5 h 26 min at the
-default run's 3,909 s each (one thread, beside two other runs); bench_shared_cpu, the figures and
-the interpolations, minutes. About 10 hours in all, more than half of it GAN training.
+in the committed files add up to 3 h 21 min (the sweep 2 h 49 min, the other timed steps 32 min),
+most of it measured while the runs shared the two cores. Not recorded: the six 200-epoch GAN runs
+(the default and five of the recipe comparison), about 37 min each alone with 2 threads by
+bench_gan.txt's extrapolation, 3 h 42 min in all (they ran longer, one thread each beside other
+runs); the precision check, bench_shared_cpu, the figures and the interpolations, minutes. About
+7 hours in all, half of it GAN training.
 --from and --only run part of the chain.
 
 --quick runs every step with tiny settings (a few steps or epochs, small sizes, one round of each
@@ -119,8 +120,8 @@ def recipe_step(name: str, title: str, run: str, flags: str, files: str, took: s
                 outputs=(f"recipe/{files}_scores.json", f"recipe/{files}_config.json", *more), took=took, note=note)
 
 
-RECIPE_TOOK = ("Training time not recorded (config.json holds none); one thread ({side}). The default run, made "
-               "the same way, took 3,909 s.")
+RECIPE_TOOK = ("Training time not recorded in a committed file (config.json holds none); one thread ({side}). "
+               "200 epochs at the defaults extrapolate to about 37 min alone with 2 threads (bench_gan.txt).")
 BENCH_INTRO = ("Each run: the command below, alone on the machine; the first line of each run names the machine. "
                "Absolute times move by tens of percent between runs on a virtual machine; compare within a run.")
 
@@ -208,9 +209,10 @@ STEPS: tuple[Step, ...] = (
          outputs=("gan/config.json", "gan/generator_{start,half,end}.pt", "gan/grid_{start,half,end}.png",
                   "gan/grids/iter_*.png", "gan/losses.csv", "gan/losses.png", "gan/scores.json",
                   "recipe/dropout0.1_scores.json", "recipe/dropout0.1_config.json"),
-         took="Training 3,909 s (20.9 ms an iteration; report.md), one thread, beside the two other runs of the "
-              "dropout comparison; scoring 12.8 s (--eval_scores) and 14.9 s (evaluate.py), the score files' "
-              "meta.seconds.", seconds=3909 + 12.8 + 14.9,
+         took="Training time not recorded in a committed file (one thread, beside the two other runs of the "
+              "dropout comparison; 200 epochs at the defaults extrapolate to about 37 min alone with 2 threads, "
+              "bench_gan.txt); scoring 12.8 s (--eval_scores) and 14.9 s (evaluate.py), the score files' "
+              "meta.seconds.", seconds=12.8 + 14.9,
          note="Every 200-epoch run here trained in bf16, then the default; --precision bf16 keeps that where "
               "--precision auto, the default now, would time the two and could pick float32. "
               "gan/scores.json scores the float16 copies of the generators that the export wrote (evaluate.py on "
@@ -260,13 +262,11 @@ STEPS: tuple[Step, ...] = (
                  f"--out {{runs2}}/prec_{p}_s{s} --eval_scores {PLAIN} --overwrite", quick=Q_GAN, full_only=s > 0),
              Cmd(f"python part2/evaluate.py {{runs2}}/prec_{p}_s{s} --data_dir {{mnist}} --n_samples 20 "
                  f"--classifier {{r2}}/classifier.pt --overwrite", quick_only=True, full_only=s > 0))),
-         by_hand={"precision_check.md": "the four runs' end scores (their scores.json) and ms per iteration "
-                                       "(my_gan.py's last line)"},
-         took="About 5 min of training in all (each run's ms per iteration in the table times 4,685 "
-              "iterations), one thread each, one run after another on the 2 shared cores.", seconds=306,
+         by_hand={"precision_check.md": "the four runs' end scores (their scores.json)"},
+         took="Not recorded in a committed file; 5 epochs a run, one thread each, one run after another on the 2 "
+              "shared cores.",
          note="The recorded command has no recipe flags: the template recipe was then the default, which these "
-              "four flags give now. The ms/iteration column timed the code of then; a re-made run times the code "
-              "of now."),
+              "four flags give now."),
     Step("bench_gan", 2, "milliseconds per GAN iteration against conventional loops, three runs",
          tuple(Cmd("python part2/bench_gan.py --data_dir {mnist}", heading=f"run {i}", full_only=i > 1,
                    quick={"--iters": "4", "--warmup": "1", "--rounds": "1", "--threads": "1", "--no_breakdown": ""})
@@ -419,7 +419,7 @@ def manifest(part: int) -> str:
         "replace the committed files; the files were first made without it, into empty folders. The times "
         "recorded below add up to "
         f"{hms(sum(s.seconds for s in steps if s.seconds is not None))} for this folder and {hms(seconds)} for "
-        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 10 hours "
+        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 7 hours "
         "(make_results.py).",
         "",
         "This file is written by `python make_results.py --manifests` from the list of steps in "
