@@ -242,13 +242,14 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     nrows = -(-len(lengths) // ncols)
     fig = Figure(figsize=(3.4 * ncols, 2.7 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    first_seed = min(r["seed"] for r in rows)  # its runs carry the legend's labels
     for ax, length in zip(axes, lengths):
         for model, color in zip(MODELS, ("tab:blue", "tab:red")):
             for r in (r for r in rows if r["input_length"] == length and r["model"] == model):
                 steps, acc = zip(*r["curve"]) if r["curve"] else ((), ())
                 # Markers: a run that stops at its first validation is a single point.
                 ax.plot(steps, acc, color=color, lw=1.2, alpha=0.8, marker="o", ms=2.5,
-                        label=model.upper() if r["seed"] == min(q["seed"] for q in rows) else None)
+                        label=model.upper() if r["seed"] == first_seed else None)
         ax.axhline(0.1, color="gray", ls=":", lw=1)
         ax.set_title(f"input length {length}", fontsize=10)
         ax.set_ylim(0, 1.03)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import repo_relative
+from cs324_utils import repo_relative as shown  # noqa: F401  paths as printed: repository-relative
 
 PART1 = Path(__file__).resolve().parent
 DEFAULT_STEPS = 1500
@@ -31,8 +31,3 @@ def steps_from_env() -> int:
 RESULTS = Path(os.environ.get("PART1_RESULTS", PART1 / "results"))
 STEPS = steps_from_env()
 
-
-def shown(path: str | Path) -> str:
-    """A path as the notebook prints it: relative to the repository when inside it, so the committed
-    outputs hold no machine-specific paths."""
-    return repo_relative(path)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from classifier import DEFAULT_CLASSIFIER
-from cs324_utils import repo_relative
+from cs324_utils import repo_relative as shown  # noqa: F401  paths as printed: repository-relative
 
 PART2 = Path(__file__).resolve().parent
 RUN_DIR = Path(os.environ.get("GAN_RUN_DIR", PART2 / "results" / "gan"))
@@ -27,11 +27,6 @@ CLASSIFIER = Path(os.environ.get("GAN_CLASSIFIER", DEFAULT_CLASSIFIER))
 if not RUN_DIR.is_dir():
     raise FileNotFoundError(f"GAN_RUN_DIR {RUN_DIR} is not a folder; point it at a run folder of my_gan.py")
 
-
-def shown(path: str | Path) -> str:
-    """A path as the notebooks print it: relative to the repository when inside it, so the committed
-    outputs hold no machine-specific paths."""
-    return repo_relative(path)
 
 
 def describe_run(run_dir: Path = RUN_DIR) -> None:
