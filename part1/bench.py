@@ -1,8 +1,8 @@
 """Milliseconds per LSTM training step (forward, backward, clipping, RMSprop) on this machine.
 
 Times this repository's LSTM with the variants lstm_kernel.py chose here, with each forced
-combination of its layers (cell: C or PyTorch ops; matmul: oneDNN or torch.mm), and under plain
-autograd; against the per-gate formulation most student code uses (eight nn.Linear calls a step)
+variant (the C cell, which does its own products; PyTorch ops with products through oneDNN or
+torch.mm), and under plain autograd; against the per-gate formulation most student code uses (eight nn.Linear calls a step)
 and torch.nn.LSTM plus a linear head. All in one run, interleaved, so a busy moment hits all alike.
 Then the per-step cost of each layer's variants on their own.
 
@@ -28,7 +28,7 @@ from lstm import LSTM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import OneLineParser, UserError, check_fits, machine_line, pick_device, run_cli
 
-COMBOS = [(cell, matmul) for cell in lstm_kernel.LAYERS["cell"] for matmul in lstm_kernel.LAYERS["matmul"]]
+COMBOS = [("c", "auto"), *(("torch", matmul) for matmul in lstm_kernel.LAYERS["matmul"])]  # the C cell's own products
 
 
 class PerGateLSTM(nn.Module):
@@ -67,10 +67,15 @@ def usable_combos() -> tuple[list[tuple[str, str]], list[str]]:
     """The forced (cell, matmul) combinations this machine can run, and a note for each it cannot."""
     lstm_kernel.load(), lstm_kernel.onednn_available()  # each records why, where it cannot run
     why = lstm_kernel.describe()["fallbacks"]
-    missing = {"c": why.get("cell"), "onednn": why.get("matmul"), "torch": None, "mm": None}
+    missing = {"c": why.get("cell"), "onednn": why.get("matmul"), "torch": None, "mm": None, "auto": None}
     ok = [(c, m) for c, m in COMBOS if not missing[c] and not missing[m]]
-    notes = [f"  ours, forced {c}+{m}: not run ({missing[c] or missing[m]})" for c, m in COMBOS if (c, m) not in ok]
+    notes = [f"  ours, forced {combo_name(c, m)}: not run ({missing[c] or missing[m]})"
+             for c, m in COMBOS if (c, m) not in ok]
     return ok, notes
+
+
+def combo_name(cell: str, matmul: str) -> str:
+    return cell if matmul == "auto" else f"{cell}+{matmul}"
 
 
 def make_models(length: int, input_dim: int, hidden: int, chosen: str, combos: list[tuple[str, str]]
@@ -78,7 +83,7 @@ def make_models(length: int, input_dim: int, hidden: int, chosen: str, combos: l
     """name -> (model, forced (cell, matmul) or None)."""
     models = {f"ours, as chosen ({chosen})": (LSTM(length, input_dim, hidden, 10), None)}
     for cell, matmul in combos:
-        models[f"ours, forced {cell}+{matmul}"] = (LSTM(length, input_dim, hidden, 10), (cell, matmul))
+        models[f"ours, forced {combo_name(cell, matmul)}"] = (LSTM(length, input_dim, hidden, 10), (cell, matmul))
     models["ours, autograd reference"] = (LSTM(length, input_dim, hidden, 10, hand_bptt=False), None)
     models["per-gate nn.Linear"] = (PerGateLSTM(input_dim, hidden, 10), None)
     models["torch.nn.LSTM"] = (TorchLSTM(input_dim, hidden, 10), None)
@@ -126,8 +131,9 @@ def bench_length(length: int, args, device: torch.device, chosen: str, combos: l
 def layer_timings(batch: int, hidden: int, budget_s: float) -> list[str]:
     """Each layer's variants on their own, interleaved, at this batch and hidden size (CPU only)."""
     B, H = batch, hidden
-    cell, mm_forward, mm_backward = lstm_bptt.plan(B, H)
-    lines = [f"per-layer costs at batch {B}, hidden {H} (microseconds, median of interleaved calls):"]
+    mm_forward, mm_backward = lstm_bptt.torch_matmuls(B, H)
+    lines = [f"per-layer costs at batch {B}, hidden {H}, {torch.get_num_threads()} threads "
+             "(microseconds, median of interleaved calls):"]
     for K, N, what in ((H, 4 * H, "forward h W_h^T"), (4 * H, H, "backward da W_h")):
         if lstm_kernel.onednn_available():
             us = lstm_kernel.time_interleaved(lstm_kernel.matmul_candidates(B, K, N), budget_s, 10_000)
@@ -135,8 +141,8 @@ def layer_timings(batch: int, hidden: int, budget_s: float) -> list[str]:
     if lstm_kernel.load() is not None:
         us = lstm_kernel.time_interleaved(lstm_bptt.cell_candidates(B, H, mm_forward, mm_backward), budget_s, 10_000)
         T = lstm_bptt.CELL_TIMING_STEPS
-        lines.append(f"  cell, a {T}-step forward and backward pass ({mm_forward}/{mm_backward} products included): "
-                     f"C {us['c']:.1f}, PyTorch ops {us['torch']:.1f}")
+        lines.append(f"  cell, a {T}-step forward and backward pass, products included: C (its own) {us['c']:.1f}, "
+                     f"PyTorch ops ({mm_forward}/{mm_backward}) {us['torch']:.1f}")
     if lstm_kernel.onednn_available():  # twice a training step: W_h, and its transpose for the backward
         W_h = torch.randn(4 * H, H, generator=torch.Generator().manual_seed(0))
         us = lstm_kernel.time_interleaved({
@@ -177,7 +183,7 @@ def run(args) -> None:
           f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}")
     combos, notes = usable_combos() if device.type == "cpu" else ([], [])
     info = lstm_kernel.describe(args.batch_size, args.num_hidden, device)
-    chosen = f"{info['cell']}+{info['matmul']}"
+    chosen = combo_name(info['cell'], 'auto' if info['cell'] == 'c' else info['matmul'])
     print(f"lstm_kernel chose cell {info['cell']} ({info['how']['cell']}), matmul {info['matmul']} "
           f"({info['how']['matmul']}); its timings (us): {info['timings_us']}")
     for length in args.lengths:

@@ -5,9 +5,11 @@ hidden 128 their bookkeeping costs more than the arithmetic. Here the forward ru
 equations without recording and keeps the activations, and the backward walks the steps in
 reverse with one matmul each; the weight gradients of all steps are one matmul each at the end.
 
-On float32 CPU tensors each step's element-wise work can run as one pass of a small C loop
-(lstm_cell.c) and each step's product through oneDNN; lstm_kernel.py times these against the
-PyTorch ops on the machine at hand and keeps the faster (`plan`). Elsewhere the PyTorch ops run.
+On float32 CPU tensors each step can run as one call of lstm_cell.c: the product with W_h and the
+element-wise work, the batch rows split over the threads, so a step waits for the threads once
+rather than once per operation; lstm_kernel.py times this against the PyTorch ops (with the
+product through oneDNN or torch.mm) on the machine at hand and keeps the faster (`plan`).
+Elsewhere the PyTorch ops run.
 Memory matters as much as arithmetic at this size: the input projection is written straight into
 the gate buffer that each step then adds its product to, and the C backward overwrites that
 buffer with the gradients, so a training step touches one (T, B, 4H) block instead of three.
@@ -44,17 +46,15 @@ def forward_loop(gates: torch.Tensor, c: torch.Tensor, h: torch.Tensor, tanh_c: 
     """Equations (1)-(6) for all steps. gates (T, B, 4H) holds W_x x_t + b and leaves holding g, i, f, o;
     c, h (T + 1, B, H) with c[0] = h[0] = 0 and tanh_c (T, B, H) are filled in."""
     T, B, H4 = gates.shape
-    times_W_h = lstm_kernel.linear(W_h, B, matmul)        # h -> W_h h, all four gates
     if cell == "c":
-        hw = gates.new_zeros(B, H4)                        # W_h h_0 = 0
+        W_hT = W_h.t().contiguous()
         gates_at, c_at, tanh_c_at, h_at = map(lstm_kernel.step_address, (gates, c, tanh_c, h))
         for t in range(T):
-            if t > 0:
-                hw = times_W_h(h[t])
-            # (1)-(6) in one pass over the step's numbers: gates[t], hw -> c[t + 1], tanh_c[t], h[t + 1]
-            lstm_kernel.forward_step_at(B, H4 // 4, gates_at(t), hw.data_ptr(), c_at(t), c_at(t + 1),
-                                        tanh_c_at(t), h_at(t + 1))
+            # gates[t] + W_h h_t (h_0 = 0 adds nothing), then (1)-(6): -> c[t + 1], tanh_c[t], h[t + 1]
+            lstm_kernel.forward_step_at(B, H4 // 4, gates_at(t), h_at(t) if t > 0 else 0, W_hT.data_ptr(),
+                                        c_at(t), c_at(t + 1), tanh_c_at(t), h_at(t + 1))
         return
+    times_W_h = lstm_kernel.linear(W_h, B, matmul)        # h -> W_h h, all four gates
     W_hT = W_h.t()
     for t in range(T):
         if t > 0 and matmul == "mm":                       # h_0 = 0 adds nothing
@@ -67,25 +67,31 @@ def forward_loop(gates: torch.Tensor, c: torch.Tensor, h: torch.Tensor, tanh_c: 
 def backward_loop(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, W_h: torch.Tensor,
                   grad_h: torch.Tensor, cell: str, matmul: str) -> torch.Tensor:
     """dLoss/d(pre-activations) (T, B, 4H) from dLoss/dh_T; the "c" cell writes it over `gates`."""
-    times_W_h_t = lstm_kernel.linear(W_h.t(), gates.shape[1], matmul)  # da -> W_h^T da, to h_{t-1}
     if cell == "c":
-        return _backward_c(gates, c, tanh_c, grad_h, times_W_h_t)
+        return _backward_c(gates, c, tanh_c, grad_h, W_h.contiguous())
+    times_W_h_t = lstm_kernel.linear(W_h.t(), gates.shape[1], matmul)  # da -> W_h^T da, to h_{t-1}
     return _backward_torch(gates, c, tanh_c, grad_h, times_W_h_t)
 
 
 def plan(batch_size: int, hidden_dim: int) -> tuple[str, str, str]:
-    """(cell, forward matmul, backward matmul) for a float32 CPU recurrence: chosen once per shape."""
+    """(cell, forward matmul, backward matmul) for a float32 CPU recurrence: chosen once per shape.
+    The "c" cell does its own products: ("c", "c", "c")."""
     B, H = batch_size, hidden_dim
-    mm_forward = lstm_kernel.matmul_choice(B, H, 4 * H)   # h_{t-1} W_h^T
-    mm_backward = lstm_kernel.matmul_choice(B, 4 * H, H)  # da_t W_h
-    cell = lstm_kernel.decide("cell", (B, H), lambda: cell_candidates(B, H, mm_forward, mm_backward))
-    return cell, mm_forward, mm_backward
+    cell = lstm_kernel.decide("cell", (B, H), lambda: cell_candidates(B, H, *torch_matmuls(B, H)))
+    return ("c", "c", "c") if cell == "c" else ("torch", *torch_matmuls(B, H))
+
+
+def torch_matmuls(batch_size: int, hidden_dim: int) -> tuple[str, str]:
+    """The products of the "torch" cell: (h_{t-1} W_h^T, da_t W_h), each "onednn" or "mm"."""
+    B, H = batch_size, hidden_dim
+    return lstm_kernel.matmul_choice(B, H, 4 * H), lstm_kernel.matmul_choice(B, 4 * H, H)
 
 
 def cell_candidates(batch_size: int, hidden_dim: int, mm_forward: str, mm_backward: str
                     ) -> dict[str, Callable[[], object]]:
-    """A short forward and backward pass with each cell, as training runs them, on inputs from a
-    private generator (the global RNG, and so seeded training, stays untouched)."""
+    """A short forward and backward pass with each cell, as training runs them (the "torch" cell with
+    these products), on inputs from a private generator (the global RNG, and so seeded training,
+    stays untouched)."""
     T, B, H = CELL_TIMING_STEPS, batch_size, hidden_dim
     rng = torch.Generator().manual_seed(0)
     pre = torch.randn(T, B, 4 * H, generator=rng)
@@ -95,10 +101,12 @@ def cell_candidates(batch_size: int, hidden_dim: int, mm_forward: str, mm_backwa
     c, h = torch.zeros(T + 1, B, H), torch.zeros(T + 1, B, H)
 
     def run(cell: str) -> Callable[[], object]:
+        mm = ("c", "c") if cell == "c" else (mm_forward, mm_backward)
+
         def forward_backward() -> torch.Tensor:
             gates.copy_(pre)
-            forward_loop(gates, c, h, tanh_c, W_h, cell, mm_forward)
-            return backward_loop(gates, c, tanh_c, W_h, grad_h, cell, mm_backward)
+            forward_loop(gates, c, h, tanh_c, W_h, cell, mm[0])
+            return backward_loop(gates, c, tanh_c, W_h, grad_h, cell, mm[1])
         return forward_backward
     return {cell: run(cell) for cell in lstm_kernel.LAYERS["cell"]}
 
@@ -181,17 +189,18 @@ def give_back_buffers(key: tuple, buffers: tuple[torch.Tensor, ...]) -> None:
 
 
 def _backward_c(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
-                times_W_h_t: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """dLoss/d(pre-activations) (T, B, 4H), written over `gates`; one kernel call and one product a step."""
+                W_h: torch.Tensor) -> torch.Tensor:
+    """dLoss/d(pre-activations) (T, B, 4H), written over `gates`; one kernel call a step."""
     T, B, H4 = gates.shape
-    dh = grad_h
+    dh, spare = grad_h, (torch.empty_like(grad_h), torch.empty_like(grad_h))
     dc = torch.zeros_like(dh)                              # updated in place by the kernel
     gates_at, c_at, tanh_c_at = map(lstm_kernel.step_address, (gates, c, tanh_c))
     for t in range(T - 1, -1, -1):
-        # gates[t] -> dLoss/d(pre-activations) of step t; dc to dLoss/dc_{t-1}
-        lstm_kernel.backward_step_at(B, H4 // 4, gates_at(t), c_at(t), tanh_c_at(t), dh.data_ptr(), dc.data_ptr())
-        if t > 0:
-            dh = times_W_h_t(gates[t])                     # to h_{t-1}
+        # gates[t] -> dLoss/d(pre-activations) of step t; dc to dLoss/dc_{t-1}; dh_prev = dLoss/dh_{t-1}
+        dh_prev = spare[t % 2]
+        lstm_kernel.backward_step_at(B, H4 // 4, gates_at(t), c_at(t), tanh_c_at(t), dh.data_ptr(), dc.data_ptr(),
+                                     W_h.data_ptr(), dh_prev.data_ptr() if t > 0 else 0)
+        dh = dh_prev
     return gates
 
 

@@ -1,16 +1,25 @@
-/* The element-wise part of one LSTM step, forward and backward, fused into one pass each.
+/* One LSTM step, forward and backward, in one call each: the product with W_h and the element-wise
+ * equations, with the batch rows split over the threads.
  *
- * Called from lstm_kernel.py through ctypes, once per time step; the matmuls stay in PyTorch.
- * Each function reads and writes every element once, where separate PyTorch ops (tanh, sigmoid,
+ * Called from lstm_kernel.py through ctypes, once per time step (the time loop stays in Python).
+ * Each thread takes a block of batch rows and does everything for them: its rows of the product
+ * (a small register-tiled matrix kernel below, fed from the caches: W_h is 256 KB at H = 128) and
+ * then the element-wise work on those rows. So a step has one fork and join of the threads where
+ * PyTorch ops would have one per operation, and the element-wise work runs on every thread. The
+ * element-wise part reads and writes each element once, where separate PyTorch ops (tanh, sigmoid,
  * two multiplies, an add, ...) would each sweep the whole (B, 4H) block and pay their own dispatch.
- * Plain C99 with no dependencies, so any C compiler builds it; the inner loops auto-vectorise.
+ * Plain C99; the inner loops auto-vectorise. Built with -fopenmp where the compiler has it, so the
+ * threads are torch's own OpenMP pool (the same libgomp, already loaded); without it, one thread.
+ * Every row is computed by the same code whatever the number of threads (the blocks are whole
+ * multiples of the kernel's MR rows), so the thread count does not change the numbers.
  * lstm_kernel.py builds it with -ffinite-math-only (min/max clamps become single instructions):
  * NaN inputs are not propagated, which only matters once weights are already NaN.
  *
  * Layout: row-major float32. gates is (B, 4H) with column blocks g, i, f, o as in lstm.py;
- * c_prev, c, tanh_c, h, dh, dc are (B, H).
+ * c_prev, c, tanh_c, h, h_prev, dh, dc, dh_prev are (B, H); W_hT is (H, 4H) and W_h (4H, H).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -33,17 +42,68 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 static inline float tanh_approx(float x) { return 1.0f - 2.0f / (1.0f + exp_approx(2.0f * x)); }
 
-/* One batch row of the forward step: adds hw (W_h h_{t-1}) to the pre-activations in `row` and
- * writes g, i, f, o over them. restrict: the arrays do not overlap, so the compiler vectorises
- * without run-time overlap checks. */
-static void forward_row(int64_t H, float *restrict row, const float *restrict hw,
-                        const float *restrict c_prev, float *restrict c, float *restrict tanh_c,
-                        float *restrict h) {
+/* C (M x N) = A (M x K) B (K x N), or C += A B with accumulate; row-major with leading dimensions.
+ * Register tiles of MR rows by NR columns: MR * NR / 16 = 16 AVX-512 accumulators (32 with AVX2,
+ * which spill a little); each k loads one row of B and broadcasts MR numbers of A. Each element's
+ * sum runs over k in order, in the tiles and at the edges alike. */
+#define MR 8
+#define NR 32
+
+static void gemm_tile(int64_t K, const float *restrict A, int64_t lda, const float *restrict B, int64_t ldb,
+                      float *restrict C, int64_t ldc, int accumulate) {
+    float acc[MR][NR];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = accumulate ? C[i * ldc + j] : 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb;
+        for (int i = 0; i < MR; i++) {
+            float a = A[i * lda + k];
+            for (int j = 0; j < NR; j++) acc[i][j] += a * b[j];
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) C[i * ldc + j] = acc[i][j];
+}
+
+static void gemm_edge(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                      float *C, int64_t ldc, int accumulate) {
+    for (int64_t i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        if (!accumulate) memset(c, 0, sizeof(float) * (size_t)N);
+        for (int64_t k = 0; k < K; k++) {
+            float a = A[i * lda + k];
+            for (int64_t j = 0; j < N; j++) c[j] += a * B[k * ldb + j];
+        }
+    }
+}
+
+static void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                 float *C, int64_t ldc, int accumulate) {
+    int64_t M_tiles = M - M % MR, N_tiles = N - N % NR;
+    for (int64_t n = 0; n < N_tiles; n += NR)
+        for (int64_t m = 0; m < M_tiles; m += MR)
+            gemm_tile(K, A + m * lda, lda, B + n, ldb, C + m * ldc + n, ldc, accumulate);
+    if (N_tiles < N) gemm_edge(M_tiles, N - N_tiles, K, A, lda, B + N_tiles, ldb, C + N_tiles, ldc, accumulate);
+    if (M_tiles < M) gemm_edge(M - M_tiles, N, K, A + M_tiles * lda, lda, B, ldb, C + M_tiles * ldc, ldc, accumulate);
+}
+
+/* Rows [r0, r1) of thread k's block: whole multiples of MR rows, so that how many threads there are
+ * does not decide which rows the tiles compute. */
+static void row_block(int64_t B, int threads, int k, int64_t *r0, int64_t *r1) {
+    int64_t tiles = (B + MR - 1) / MR, per = (tiles + threads - 1) / threads;
+    *r0 = k * per * MR < B ? k * per * MR : B;
+    *r1 = (k + 1) * per * MR < B ? (k + 1) * per * MR : B;
+}
+
+/* One batch row of the forward step: turns the pre-activations in `row` into g, i, f, o.
+ * restrict: the arrays do not overlap, so the compiler vectorises without run-time overlap checks. */
+static void forward_row(int64_t H, float *restrict row, const float *restrict c_prev, float *restrict c,
+                        float *restrict tanh_c, float *restrict h) {
     for (int64_t j = 0; j < H; j++) {
-        float g = tanh_approx(row[j] + hw[j]);                 /* (1) */
-        float i = sigmoid(row[H + j] + hw[H + j]);             /* (2) */
-        float f = sigmoid(row[2 * H + j] + hw[2 * H + j]);     /* (3) */
-        float o = sigmoid(row[3 * H + j] + hw[3 * H + j]);     /* (4) */
+        float g = tanh_approx(row[j]);                         /* (1) */
+        float i = sigmoid(row[H + j]);                         /* (2) */
+        float f = sigmoid(row[2 * H + j]);                     /* (3) */
+        float o = sigmoid(row[3 * H + j]);                     /* (4) */
         float cj = g * i + c_prev[j] * f;                      /* (5) */
         float t = tanh_approx(cj);
         row[j] = g; row[H + j] = i; row[2 * H + j] = f; row[3 * H + j] = o;
@@ -51,16 +111,6 @@ static void forward_row(int64_t H, float *restrict row, const float *restrict hw
         tanh_c[j] = t;
         h[j] = t * o;                                          /* (6) */
     }
-}
-
-/* Equations (1)-(6) for one step. On entry gates holds W_x x_t + b and hw holds W_h h_{t-1}
- * (both (B, 4H)); on exit gates holds g, i, f, o after their nonlinearities (the backward pass
- * needs them). */
-void lstm_forward_step(int64_t B, int64_t H, float *gates, const float *hw, const float *c_prev,
-                       float *c, float *tanh_c, float *h) {
-    for (int64_t b = 0; b < B; b++)
-        forward_row(H, gates + b * 4 * H, hw + b * 4 * H, c_prev + b * H, c + b * H, tanh_c + b * H,
-                    h + b * H);
 }
 
 /* One batch row of the backward step: reads g, i, f, o from `row` and writes the four
@@ -79,12 +129,35 @@ static void backward_row(int64_t H, float *restrict row, const float *restrict c
     }
 }
 
+/* Equations (1)-(6) for one step. On entry gates holds W_x x_t + b; the product W_h h_{t-1} is
+ * added here (h_prev = NULL for h_0 = 0, which adds nothing). On exit gates holds g, i, f, o after
+ * their nonlinearities (the backward pass needs them), and c, tanh(c), h are written. */
+void lstm_forward_step(int64_t B, int64_t H, int threads, float *gates, const float *h_prev, const float *W_hT,
+                       const float *c_prev, float *c, float *tanh_c, float *h) {
+    #pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int k = 0; k < threads; k++) {
+        int64_t r0, r1;
+        row_block(B, threads, k, &r0, &r1);
+        if (h_prev != NULL)
+            gemm(r1 - r0, 4 * H, H, h_prev + r0 * H, H, W_hT, 4 * H, gates + r0 * 4 * H, 4 * H, 1);
+        for (int64_t b = r0; b < r1; b++)
+            forward_row(H, gates + b * 4 * H, c_prev + b * H, c + b * H, tanh_c + b * H, h + b * H);
+    }
+}
+
 /* The chain rule back through one step. On entry gates holds g, i, f, o of the step, dh = dL/dh_t
  * and dc = dL/dc_t from the later steps (not yet including the path through h_t). On exit gates
- * holds dL/d(pre-activations) (B, 4H), and dc = dL/dc_{t-1}. dL/dh_{t-1} = grad_a W_h is the
- * caller's matmul. */
-void lstm_backward_step(int64_t B, int64_t H, float *gates, const float *c_prev,
-                        const float *tanh_c, const float *dh, float *dc) {
-    for (int64_t b = 0; b < B; b++)
-        backward_row(H, gates + b * 4 * H, c_prev + b * H, tanh_c + b * H, dh + b * H, dc + b * H);
+ * holds dL/d(pre-activations) (B, 4H), dc = dL/dc_{t-1}, and dh_prev = dL/dh_{t-1} = grad_a W_h
+ * (not written when NULL: the first step, whose h_0 is no parameter). */
+void lstm_backward_step(int64_t B, int64_t H, int threads, float *gates, const float *c_prev, const float *tanh_c,
+                        const float *dh, float *dc, const float *W_h, float *dh_prev) {
+    #pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int k = 0; k < threads; k++) {
+        int64_t r0, r1;
+        row_block(B, threads, k, &r0, &r1);
+        for (int64_t b = r0; b < r1; b++)
+            backward_row(H, gates + b * 4 * H, c_prev + b * H, tanh_c + b * H, dh + b * H, dc + b * H);
+        if (dh_prev != NULL)
+            gemm(r1 - r0, H, 4 * H, gates + r0 * 4 * H, 4 * H, W_h, H, dh_prev + r0 * H, H, 0);
+    }
 }

@@ -2,23 +2,26 @@
 
 Two layers, each with a fast variant and a plain PyTorch one that computes the same numbers:
 
-  cell    "c":      the fused element-wise step of lstm_cell.c, compiled with the system's C
-                    compiler (`cc`, or $CC) on first use and called through ctypes;
-          "torch":  the same arithmetic as PyTorch ops (lstm_bptt.cell_forward, _backward_torch).
-  matmul  "onednn": each step's product with W_h through oneDNN with W_h packed in oneDNN's layout,
-                    via PRIVATE PyTorch operators (torch.ops.mkldnn._reorder_linear_weight and
+  cell    "c":      one call of lstm_cell.c per step and direction: the step's product with W_h
+                    (its own small matrix kernel) and the element-wise equations, the batch rows
+                    split over torch's threads; compiled with the system's C compiler (`cc`, or
+                    $CC) on first use and called through ctypes;
+          "torch":  the same arithmetic as PyTorch ops (lstm_bptt.cell_forward, _backward_torch),
+                    each step's product through the matmul layer:
+  matmul  "onednn": the product with W_h through oneDNN with W_h packed in oneDNN's layout, via
+                    PRIVATE PyTorch operators (torch.ops.mkldnn._reorder_linear_weight and
                     _linear_pointwise: no stability promise; tested with torch 2.11 and 2.14.1);
           "mm":     torch.mm (MKL or OpenBLAS).
+The matmul layer serves the "torch" cell only: the "c" cell does its own products.
 
-Which variant wins depends on the CPU and the thread count: on the AMD EPYC of
-part1/results/bench.txt oneDNN and the C cell are the faster, while on a CPU whose torch.mm runs
-on well-tuned kernels (MKL on Intel) the plain product can win. So nothing is assumed: at
-first use for a shape, both variants are timed for a few milliseconds (interleaved, the fastest of
-several rounds, since another job on the machine only ever adds time: a median under load once
-picked the cell that is twice as slow alone; on inputs drawn from a private torch.Generator so
-the global RNG and thus seeded training are untouched); the plain variant is kept for the rest of the process only if it is clearly
-faster (PLAIN_MARGIN), so that a close call does not flip between runs. `describe()` reports
-the choices, their timings and any fallback.
+Which variant wins depends on the CPU and the thread count (part1/results/bench.txt times them
+all on the machine it names). So nothing is assumed: at first use for a shape, both variants are
+timed for a few milliseconds (interleaved, the fastest of several rounds, since another job on the
+machine only ever adds time: a median under load once picked the cell that is twice as slow
+alone; on inputs drawn from a private torch.Generator so the global RNG and thus seeded training
+are untouched); the plain variant is kept for the rest of the process only if it is clearly
+faster (PLAIN_MARGIN), so that a close call does not flip between runs. `describe()` reports the
+choices, their timings and any fallback.
 
 A fast variant that cannot run (no C compiler, a failed build, the private operators missing or
 disagreeing with torch.mm) is reported once per process in one line on stderr, and the plain
@@ -52,6 +55,9 @@ SOURCE = Path(__file__).resolve().parent / "lstm_cell.c"
 # Arm), then portable code. The maths flags let the clamps and the polynomial in exp_approx vectorise
 # into min/max and fused multiply-adds (about 3x faster than without; see lstm_cell.c on NaN).
 FLAG_SETS = (["-march=native"], ["-mcpu=native"], [])
+# -fopenmp where the compiler has it: the C cell then runs on torch's own OpenMP threads (the
+# libgomp torch has loaded; _one_openmp checks), else on one thread.
+OPENMP = (["-fopenmp"], [])
 COMMON = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-ffinite-math-only", "-fno-signed-zeros",
           "-shared", "-fPIC"]
 
@@ -68,6 +74,7 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 40
 
 _lib: ctypes.CDLL | None = None
 _tried = False
+_openmp = False                          # whether the C cell was built with OpenMP
 _onednn: bool | None = None
 _unavailable: dict[str, str] = {}        # layer -> why its fast variant cannot run
 _warned: set[str] = set()
@@ -80,34 +87,60 @@ _packed: dict[tuple[int, int, int], torch.Tensor] = {}  # (N, K, batch size) -> 
 
 def _build() -> tuple[ctypes.CDLL | None, str]:
     """The compiled cell, or None and the reason it could not be had."""
+    global _openmp
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None, "no C compiler found: set CC"
     # A fresh folder per process: nothing cached can be stale or built for another CPU.
     out = Path(tempfile.mkdtemp(prefix="lstm_cell_")) / "lstm_cell.so"
     try:
-        for flags in FLAG_SETS:
-            cmd = [compiler, *COMMON, *flags, str(SOURCE), "-o", str(out), "-lm"]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                return None, f"cannot run {compiler}: {exc}"
-            if done.returncode == 0:
+        for openmp in OPENMP:
+            lib, failure = _compile_and_load(compiler, openmp, out)
+            if lib is not None and (not openmp or _one_openmp()):
+                _openmp = bool(openmp)
                 break
-        else:
-            first = (done.stderr.strip().splitlines() or ["no message"])[0][:160]
-            return None, f"{compiler} failed to build lstm_cell.c: {first}"
-        try:
-            lib = ctypes.CDLL(str(out))
-        except OSError as exc:
-            return None, f"the built lstm_cell.so does not load: {exc}"
+            # else: the compiler has no OpenMP, or it brought a second runtime beside torch's
+            # (two pools of threads would fight for the cores): build for one thread instead.
+        if lib is None:
+            return None, failure
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)  # once loaded, the file is no longer needed (POSIX)
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.lstm_forward_step.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.lstm_backward_step.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr]
+    i64, c_int, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    lib.lstm_forward_step.argtypes = [i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.lstm_backward_step.argtypes = [i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = None
     return lib, ""
+
+
+def _compile_and_load(compiler: str, openmp: list[str], out: Path) -> tuple[ctypes.CDLL | None, str]:
+    """lstm_cell.c built with the first of FLAG_SETS that compiles, and loaded; or None and why not."""
+    out = out.with_name(f"lstm_cell{'_omp' if openmp else ''}.so")  # a loaded file is never rewritten
+    for flags in FLAG_SETS:
+        cmd = [compiler, *COMMON, *openmp, *flags, str(SOURCE), "-o", str(out), "-lm"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"cannot run {compiler}: {exc}"
+        if done.returncode == 0:
+            break
+    else:
+        first = (done.stderr.strip().splitlines() or ["no message"])[0][:160]
+        return None, f"{compiler} failed to build lstm_cell.c: {first}"
+    try:
+        return ctypes.CDLL(str(out)), ""
+    except OSError as exc:
+        return None, f"the built lstm_cell.so does not load: {exc}"
+
+
+def _one_openmp() -> bool:
+    """Whether this process has at most one OpenMP runtime loaded (Linux; elsewhere, assume so)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return True
+    runtimes = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line
+                or "libomp" in line}
+    return len(runtimes) <= 1
 
 
 def load() -> ctypes.CDLL | None:
@@ -126,23 +159,14 @@ def applies(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32
 
 
-def forward_step(gates: torch.Tensor, hw: torch.Tensor, c_prev: torch.Tensor, c: torch.Tensor,
-                 tanh_c: torch.Tensor, h: torch.Tensor) -> None:
-    """gates (B, 4H): W_x x_t + b in, g, i, f, o out; hw (B, 4H) = W_h h_{t-1}; writes c, tanh(c), h (B, H).
-
-    All contiguous float32 on the CPU; load() must have succeeded.
-    """
+def forward_step(gates: torch.Tensor, h_prev: torch.Tensor | None, W_hT: torch.Tensor, c_prev: torch.Tensor,
+                 c: torch.Tensor, tanh_c: torch.Tensor, h: torch.Tensor) -> None:
+    """gates (B, 4H): W_x x_t + b in, g, i, f, o out, after adding h_prev W_h^T (None: h_0 = 0);
+    W_hT is W_h^T (H, 4H); writes c, tanh(c), h (B, H). All contiguous float32 on the CPU; load()
+    must have succeeded."""
     B, H = c.shape
-    _lib.lstm_forward_step(B, H, gates.data_ptr(), hw.data_ptr(), c_prev.data_ptr(), c.data_ptr(),
-                           tanh_c.data_ptr(), h.data_ptr())
-
-
-def backward_step(gates: torch.Tensor, c_prev: torch.Tensor, tanh_c: torch.Tensor, dh: torch.Tensor,
-                  dc: torch.Tensor) -> None:
-    """In place: gates (B, 4H) g, i, f, o -> dL/d(pre-activations); dc from dL/dc_t to dL/dc_{t-1}."""
-    B, H = dc.shape
-    _lib.lstm_backward_step(B, H, gates.data_ptr(), c_prev.data_ptr(), tanh_c.data_ptr(), dh.data_ptr(),
-                            dc.data_ptr())
+    forward_step_at(B, H, gates.data_ptr(), 0 if h_prev is None else h_prev.data_ptr(), W_hT.data_ptr(),
+                    c_prev.data_ptr(), c.data_ptr(), tanh_c.data_ptr(), h.data_ptr())
 
 
 def step_address(block: torch.Tensor) -> Callable[[int], int]:
@@ -152,14 +176,17 @@ def step_address(block: torch.Tensor) -> Callable[[int], int]:
     return lambda t: base + t * stride
 
 
-def forward_step_at(B: int, H: int, gates: int, hw: int, c_prev: int, c: int, tanh_c: int, h: int) -> None:
-    """forward_step on addresses (step_address) of contiguous float32 blocks."""
-    _lib.lstm_forward_step(B, H, gates, hw, c_prev, c, tanh_c, h)
+def forward_step_at(B: int, H: int, gates: int, h_prev: int, W_hT: int, c_prev: int, c: int, tanh_c: int,
+                    h: int) -> None:
+    """forward_step on addresses (step_address) of contiguous float32 blocks; h_prev 0 for h_0 = 0."""
+    _lib.lstm_forward_step(B, H, torch.get_num_threads(), gates, h_prev or None, W_hT, c_prev, c, tanh_c, h)
 
 
-def backward_step_at(B: int, H: int, gates: int, c_prev: int, tanh_c: int, dh: int, dc: int) -> None:
-    """backward_step on addresses (step_address) of contiguous float32 blocks."""
-    _lib.lstm_backward_step(B, H, gates, c_prev, tanh_c, dh, dc)
+def backward_step_at(B: int, H: int, gates: int, c_prev: int, tanh_c: int, dh: int, dc: int, W_h: int,
+                     dh_prev: int) -> None:
+    """In place: gates (B, 4H) g, i, f, o -> dL/d(pre-activations); dc from dL/dc_t to dL/dc_{t-1};
+    writes dh_prev = dL/dh_{t-1} (B, H) unless it is 0. W_h (4H, H) contiguous."""
+    _lib.lstm_backward_step(B, H, torch.get_num_threads(), gates, c_prev, tanh_c, dh, dc, W_h, dh_prev or None)
 
 
 # --- oneDNN through private PyTorch operators ----------------------------------------------------
@@ -337,7 +364,8 @@ def describe(batch_size: int | None = None, hidden_dim: int | None = None,
 
     Given the batch and hidden sizes of a CPU run, first makes the choices its training steps will
     make (kept, so training reuses them: a few milliseconds). Returns {"cell", "matmul"} (a variant,
-    "a+b" where shapes chose differently, or "undecided"), how each was chosen, the timings in
+    "a+b" where shapes chose differently, or "undecided"; matmul "c" with the C cell, which does its
+    own products), how each was chosen, the timings in
     microseconds per shape, and the reason for each fallback.
     """
     if torch.device(device).type != "cpu":
@@ -356,6 +384,9 @@ def describe(batch_size: int | None = None, hidden_dim: int | None = None,
         else:
             chosen = sorted({d["choice"] for (lay, _), d in _decisions.items() if lay == layer})
             summary[layer], how[layer] = "+".join(chosen) or "undecided", "timed"
+    if summary["cell"] == "c":  # the C cell does its own products; the matmul layer serves only the other
+        summary["matmul"], how["matmul"] = "c", "in the C cell, " + (
+            "on torch's OpenMP threads" if _openmp else "on one thread: built without OpenMP")
     timings = {f"{layer} {'x'.join(map(str, shape))}": d["us"] for (layer, shape), d in _decisions.items()}
     return {**summary, "how": how, "timings_us": timings,
             "fallbacks": dict(_unavailable)}

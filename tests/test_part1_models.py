@@ -8,13 +8,14 @@ from torch import nn
 
 import lstm_kernel
 from lstm import LSTM
-from lstm_bptt import LSTMRecurrence
+from lstm_bptt import LSTMRecurrence, backward_loop, forward_loop
 from vanilla_rnn import VanillaRNN
 
 # The ways our LSTM can run: the hand-written backward with the variants timed as fastest here, with
-# each forced (cell, matmul) combination, on plain PyTorch ops (cpu_kernels=False), and the autograd
-# reference. Every path must give the same numbers, whichever variants a machine picks.
-FORCED = {f"{cell}+{matmul}": (cell, matmul) for cell in ("c", "torch") for matmul in ("onednn", "mm")}
+# each forced variant (the C cell does its own products; the torch cell takes either matmul), on plain
+# PyTorch ops (cpu_kernels=False), and the autograd reference. Every path must give the same numbers,
+# whichever variants a machine picks.
+FORCED = {"c": ("c", "auto"), **{f"torch+{matmul}": ("torch", matmul) for matmul in ("onednn", "mm")}}
 PATHS = {"timed": dict(hand_bptt=True), **{k: dict(hand_bptt=True) for k in FORCED},
          "torch_ops": dict(hand_bptt=True, cpu_kernels=False), "autograd": dict(hand_bptt=False)}
 FAST_PATHS = [k for k in PATHS if k != "autograd"]
@@ -131,7 +132,7 @@ def test_c_cell_builds_and_handles_saturated_gates():
     pre = torch.linspace(-120, 120, B * 4 * H).reshape(B, 4 * H)
     c_prev = torch.linspace(-3, 3, B * H).reshape(B, H)
     gates, c, tanh_c, h = pre.clone(), torch.empty(B, H), torch.empty(B, H), torch.empty(B, H)
-    lstm_kernel.forward_step(gates, torch.zeros_like(gates), c_prev, c, tanh_c, h)
+    lstm_kernel.forward_step(gates, None, torch.randn(H, 4 * H), c_prev, c, tanh_c, h)  # h_0 = 0: no product
     assert torch.isfinite(gates).all() and torch.isfinite(h).all()
     a_g, a_i, a_f, a_o = pre.chunk(4, 1)
     ref = torch.cat([a_g.tanh(), a_i.sigmoid(), a_f.sigmoid(), a_o.sigmoid()], 1)
@@ -139,6 +140,34 @@ def test_c_cell_builds_and_handles_saturated_gates():
     ref_c = ref[:, :H] * ref[:, H:2 * H] + c_prev * ref[:, 2 * H:3 * H]
     torch.testing.assert_close(c, ref_c, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(h, ref_c.tanh() * ref[:, 3 * H:], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_c_cell_products_match_torch_and_do_not_depend_on_threads(threads):
+    """The C cell's own matrix kernel has register tiles of 8 rows by 32 columns: a batch and hidden size
+    that are not multiples of those exercise the tiles and both edges. Each row is computed alike
+    however the rows are split over threads, so the numbers are the same bit for bit."""
+    if lstm_kernel.load() is None:
+        pytest.skip("the C cell is not available here")
+    torch.manual_seed(0)
+    T, B, H = 4, 37, 40                                   # 4H = 160 = 5 tiles; H = 40 = a tile and an edge
+    pre, W_h = torch.randn(T, B, 4 * H), torch.randn(4 * H, H) / H ** 0.5
+    grad_h = torch.randn(B, H)
+    results = {}
+    for cell, n in (("torch", 1), ("c", 1), ("c", threads)):
+        gates, c, h, tanh_c = pre.clone(), torch.zeros(T + 1, B, H), torch.zeros(T + 1, B, H), torch.empty(T, B, H)
+        saved = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            forward_loop(gates, c, h, tanh_c, W_h, cell, "mm")
+            grad_a = backward_loop(gates, c, tanh_c, W_h, grad_h, cell, "mm").clone()
+        finally:
+            torch.set_num_threads(saved)
+        results[cell, n] = (h, c, grad_a)
+    for got, want in zip(results["c", 1], results["torch", 1]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    for got, want in zip(results["c", threads], results["c", 1]):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("impl", ["onednn", "mm", None])
