@@ -10,9 +10,10 @@ The loops, timed in interleaved rounds so that load from other processes hits th
   in D, one-sided label smoothing, AveragedModel for the weight average; G runs forward twice).
 - my_gan loop, fp32 / bf16: my_gan.train_step and the weight average on the whole training set
   held as one tensor, without logging or snapshots.
-- my_gan.py at defaults, whole epoch: my_gan.train for one epoch into a scratch folder, so the
-  weight average, the loss log, sample grids, snapshots and the checkpoint are all paid for;
-  its start-up (data loading, --precision auto's probe) is reported apart, as it is paid once a run.
+- my_gan.py at defaults, whole epoch: `python my_gan.py --n_epochs 1` into a scratch folder, in a
+  process of its own as a user runs it, so the weight average, the loss log, sample grids,
+  snapshots and the checkpoint are all paid for; its start-up (Python and torch, data loading,
+  --precision auto's probe) is reported apart, as it is paid once a run.
 Loop rows extrapolate a fixed number of iterations, after a warm-up, to an epoch of N // batch_size.
 """
 from __future__ import annotations
@@ -29,7 +30,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import OneLineParser, UserError, check_threads, machine_line, pick_device, run_cli, set_seed
+from cs324_utils import (
+    OneLineParser,
+    UserError,
+    check_threads,
+    machine_line,
+    pick_device,
+    run_cli,
+    set_seed,
+)
 from models import Dropout
 from my_gan import Config, build_models, make_optimizers, train_step, update_ema
 from pick_precision import autocast_factory
@@ -187,23 +196,31 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
 
 
 def whole_script(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> dict[str, float]:
-    """One epoch of my_gan.train at its defaults into a scratch folder: what a user's run does per
-    iteration (weight average, logging, sample grids, snapshots, checkpoint), and its start-up.
+    """One epoch of `python my_gan.py` at its defaults, as a user starts it (its own process, so its
+    own start-up settings), into a scratch folder: what a run does per iteration (weight average,
+    logging, sample grids, snapshots, checkpoint) from its summary line, and its start-up.
     It runs with the benchmark's device, sizes and thread count, so its row compares with the others."""
+    import json
+    import re
+    import subprocess
     import tempfile
 
-    import my_gan
-
-    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        config = my_gan.Config(n_epochs=1, data_dir=data_dir, download=False, out=str(Path(tmp) / "gan"),
-                               device=str(device), batch_size=batch_size, latent_dim=latent_dim, threads=threads)
+        out = Path(tmp) / "gan"
+        cmd = [sys.executable, str(HERE / "my_gan.py"), "--n_epochs", "1", "--data_dir", data_dir, "--no_download",
+               "--out", str(out), "--device", str(device), "--batch_size", str(batch_size),
+               "--latent_dim", str(latent_dim), "--threads", str(torch.get_num_threads())]
         t0 = time.perf_counter()
-        summary = my_gan.train(config)
+        done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-    torch.set_num_threads(threads)
-    loop_ms = summary["seconds"] * 1000 / summary["iterations"]
-    return {"ms_per_iter": loop_ms, "startup_s": wall - summary["seconds"], "precision": summary["precision"]}
+        summary = re.search(r"(\d+) iterations in ([\d.]+) s", done.stdout)
+        if done.returncode != 0 or summary is None:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"my_gan.py failed (exit {done.returncode}): {last}")
+        precision = json.loads((out / "config.json").read_text())["precision"]
+    iterations, seconds = int(summary[1]), float(summary[2])
+    print("\n".join(line for line in done.stdout.splitlines() if line.startswith("my_gan.py: ")))  # its own lines
+    return {"ms_per_iter": 1000 * seconds / iterations, "startup_s": wall - seconds, "precision": precision}
 
 
 def dropout_masks(batch_size: int, p: float, device: torch.device) -> str:

@@ -118,3 +118,12 @@ def test_part_modules_with_common_names_are_the_repositorys() -> None:
     root = Path(cs324_utils.__file__).resolve().parent
     for module, part in ((dataset, "part1"), (evaluate, "part2"), (models, "part2")):
         assert Path(module.__file__).resolve().parent == root / part, module.__file__
+
+
+def test_malloc_keeps_freed_memory_where_glibc_runs() -> None:
+    """my_gan.py asks glibc to keep freed blocks (no page faults for the tensors each step reallocates);
+    elsewhere the call is a no-op that says so."""
+    import platform
+    import sys
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert cs324_utils.keep_freed_memory() == expected
