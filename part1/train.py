@@ -345,7 +345,8 @@ def describe_run(run: Run) -> str:
     parts = [f"{PROG}: {run.title}", f"{run.device}, {threads} thread{'s' * (threads != 1)} ({run.threads_why})"]
     if config.model == "lstm":
         layers = lstm_layers(config, run.device, decide=True) or {}
-        chosen = ", ".join(f"{k} {v}" for k, v in layers.items() if isinstance(v, str))  # e.g. cell c, matmul onednn
+        chosen = ("C cell with its own products" if layers.get("matmul") == "c"
+                  else ", ".join(f"{k} {v}" for k, v in layers.items() if isinstance(v, str)))  # cell torch, matmul mm
         impl = "LSTM fast path" if config.lstm_impl == "fast" else "LSTM reference (autograd)"
         parts.append(impl + (f" ({chosen})" if chosen else ""))
     if config.resume:

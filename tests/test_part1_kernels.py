@@ -55,6 +55,7 @@ def test_every_fast_layer_works_on_x86_64_linux(fresh):
     """CI's kind of machine: a torch upgrade or a toolchain change that breaks a layer must turn CI red,
     not quietly make the LSTM slower."""
     assert lstm_kernel.load() is not None, lstm_kernel.describe()["fallbacks"].get("cell")
+    assert lstm_kernel._openmp, "the C cell was built without OpenMP: it would run on one thread"
     assert lstm_kernel.onednn_available(), lstm_kernel.describe()["fallbacks"].get("matmul")
 
 
