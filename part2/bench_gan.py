@@ -13,7 +13,8 @@ The loops, timed in interleaved rounds so that load from other processes hits th
 - my_gan.py at defaults, whole epoch: `python my_gan.py --n_epochs 1` into a scratch folder, in a
   process of its own as a user runs it, so the weight average, the loss log, sample grids,
   snapshots and the checkpoint are all paid for; its start-up (Python and torch, data loading,
-  --precision auto's probe) is reported apart, as it is paid once a run.
+  --precision auto's probe) is reported apart, as it is paid once a run. It runs --script_runs
+  times, one after each of the loops' first rounds; the row gives the median.
 Loop rows extrapolate a fixed number of iterations, after a warm-up, to an epoch of N // batch_size.
 """
 from __future__ import annotations
@@ -265,15 +266,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the timed iterations are split into")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    p.add_argument("--no_script", action="store_true", help="skip the epoch of the whole my_gan.py script")
+    p.add_argument("--script_runs", type=int, default=3,
+                   help="one-epoch runs of the whole my_gan.py script, one after each of the first rounds")
     p.add_argument("--no_breakdown", action="store_true", help="skip the per-phase timing")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> None:
-    """Time the loops in interleaved rounds (the whole script's epoch between two halves), print the table."""
-    if min(args.batch_size, args.latent_dim, args.iters, args.warmup + 1, args.rounds) <= 0:
-        raise UserError("--batch_size, --latent_dim, --iters and --rounds must be positive")
+    """Time the loops in interleaved rounds (the whole script's epochs between them), print the table."""
+    if min(args.batch_size, args.latent_dim, args.iters, args.warmup + 1, args.rounds, args.script_runs + 1) <= 0:
+        raise UserError("--batch_size, --latent_dim, --iters and --rounds must be positive, --script_runs >= 0")
     check_threads(args.threads)
     device = pick_device(args.device)
     from mnist_data import load_mnist
@@ -294,22 +296,28 @@ def run(args: argparse.Namespace) -> None:
         "my_gan loop, fp32": our_loop(images, args.batch_size, args.latent_dim, "fp32", device)[0],
         "my_gan loop, bf16": our_loop(images, args.batch_size, args.latent_dim, "bf16", device)[0],
     }
-    first = max(args.rounds // 2, 1)
-    times = time_rounds(loops, args.warmup, args.iters * first // args.rounds, first)
-    script = None if args.no_script else whole_script(args.data_dir, args.batch_size, args.latent_dim, device)
-    if args.rounds > first:
-        later = time_rounds(loops, 0, args.iters * (args.rounds - first) // args.rounds, args.rounds - first)
-        times = {name: times[name] + later[name] for name in times}
+    # The whole script's epochs run between the loops' rounds, so that a slow spell of the machine
+    # meets both; each row then takes the median of its samples.
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    scripts: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        for name, ms in time_rounds(loops, args.warmup if r == 0 else 0, args.iters // args.rounds, 1).items():
+            times[name] += ms
+        if r < args.script_runs:
+            scripts.append(whole_script(args.data_dir, args.batch_size, args.latent_dim, device))
     base = statistics.median(times[PLAIN])
     print(f"{'loop':38s} {'ms/iter (median of rounds)':>27s} {'s/epoch':>8s} {'speed-up':>9s}  rounds (ms/iter)")
     for name, ms in times.items():
         med = statistics.median(ms)
         print(f"{name:38s} {med:27.2f} {med * per_epoch / 1000:8.2f} {base / med:8.2f}x  "
               f"{' '.join(f'{m:.1f}' for m in ms)}")
-    if script is not None:
-        ms = script["ms_per_iter"]
+    if scripts:
+        ms = statistics.median(run["ms_per_iter"] for run in scripts)
+        startup = statistics.median(run["startup_s"] for run in scripts)
+        chosen = "/".join(sorted({run["precision"] for run in scripts}))
+        samples = " ".join(f"{run['ms_per_iter']:.1f}" for run in scripts)
         print(f"{'my_gan.py at defaults, whole epoch':38s} {ms:27.2f} {ms * per_epoch / 1000:8.2f} {base / ms:8.2f}x  "
-              f"(--precision auto chose {script['precision']}; start-up {script['startup_s']:.1f} s once a run)")
+              f"{samples} (--precision auto chose {chosen}; start-up {startup:.1f} s once a run)")
         print(f"whole script at defaults / {PLAIN}: {base / ms:.2f}x faster; 200 epochs extrapolated: "
               f"{ms * per_epoch * 200 / 60000:.1f} min against {base * per_epoch * 200 / 60000:.1f} min")
     if not args.no_breakdown and device.type == "cpu":
