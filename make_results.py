@@ -15,12 +15,12 @@ over a run otherwise); run folders, checkpoints and other internals go to part*/
 ignored by git. A command that fails stops the chain with one line naming the step to continue from.
 
 How long the whole chain takes, on a 2-core AMD EPYC (Zen 4) with torch 2.14.1: the times recorded
-in the committed files add up to 3 h 21 min (the sweep 2 h 49 min, the other timed steps 32 min),
-most of it measured while the runs shared the two cores. Not recorded: the six 200-epoch GAN runs
-(the default and five of the recipe comparison), about 37 min each alone with 2 threads by
-bench_gan.txt's extrapolation, 3 h 42 min in all (they ran longer, one thread each beside other
-runs); the precision check, bench_shared_cpu, the figures and the interpolations, minutes. About
-7 hours in all, half of it GAN training.
+in the committed files add up to 2 h 38 min (the sweep 2 h 10 min, the other timed steps 28 min),
+half of it measured while the runs shared the two cores (the sweep's RNN runs). Not recorded: the six 200-epoch GAN runs
+(the default and five of the recipe comparison), 34-38 min each alone with 2 threads by
+bench_gan.txt's extrapolations, about 3 h 36 min in all (they ran longer, one thread each beside
+other runs); the precision check, the figures and the interpolations, minutes. About 6 1/2 hours in
+all, more than half of it GAN training.
 --from and --only run part of the chain.
 
 --quick runs every step with tiny settings (a few steps or epochs, small sizes, one round of each
@@ -121,7 +121,7 @@ def recipe_step(name: str, title: str, run: str, flags: str, files: str, took: s
 
 
 RECIPE_TOOK = ("Training time not recorded in a committed file (config.json holds none); one thread ({side}). "
-               "200 epochs at the defaults extrapolate to about 37 min alone with 2 threads (bench_gan.txt).")
+               "200 epochs at the defaults extrapolate to 34-38 min alone with 2 threads (bench_gan.txt).")
 BENCH_INTRO = ("Each run: the command below, alone on the machine; the first line of each run names the machine. "
                "Absolute times move by tens of percent between runs on a virtual machine; compare within a run.")
 
@@ -131,30 +131,26 @@ STEPS: tuple[Step, ...] = (
          (Cmd("cd part1 && python train.py --input_length 20 --out {r1}/train_len20 --no_progress --overwrite",
               quick=Q_TRAIN),),
          outputs=("train_len20/metrics.json", "train_len20/curves.png"),
-         took="141 s (wall_time_s in metrics.json), 2 threads, alone on the machine.", seconds=140.73,
-         note="metrics.json predates its threads, lstm_impl and lstm_layers records; the run used the LSTM's "
-              "fast path with its CPU kernels (report.md)."),
+         took="126 s (wall_time_s in metrics.json), 2 threads, alone on the machine.", seconds=125.54),
     Step("length5_defaults", 1, "palindromes of length 5 at the default settings, seeds 0-2",
          tuple(Cmd(f"cd part1 && python train.py --input_length 4 --seed {s} --out {{r1}}/length5_defaults/seed{s} "
                    "--no_progress --overwrite", quick=Q_TRAIN) for s in (0, 1, 2)),
          outputs=("length5_defaults/seed{0,1,2}/metrics.json", "length5_defaults/seed{0,1,2}/curves.png"),
          by_hand={"length5_defaults/README.md": "what the three runs show, with their numbers"},
-         took="59, 92 and 56 s (wall_time_s); seeds 0 and 1 with 2 threads, seed 2 with 1: `--threads 0` took the "
-              "cores idle at start, on a machine shared with other jobs at times.", seconds=58.99 + 91.89 + 56.44),
+         took="44, 56 and 41 s (wall_time_s), each alone on the machine with 2 threads.",
+         seconds=44.03 + 55.99 + 41.34),
     Step("compare", 1, "LSTM against RNN over input lengths, 3 seeds",
          (Cmd("cd part1 && python compare.py --out {r1}/compare --overwrite",
               quick={**Q_COMPARE, "--lengths": "4 9", "--lstm_lengths": "19", "--seeds": "0"}),),
          outputs=("compare/compare.json", "compare/compare.md", "compare/compare.png", "compare/compare_curves.png",
                   "compare/{lstm,rnn}_len*_seed*/metrics.json"),
-         took="Each run's wall_time_s is in its metrics.json; the 36 runs at lengths 4-99 took 6,107 s in all. The "
-              "LSTM runs at those lengths ran alone with 2 threads (1-222 s each); the RNN runs ran as several "
-              "one-thread processes side by side (`--models rnn`, then `--models rnn --lengths 99 --seeds 1` and "
-              "`--seeds 2`, into the same folder), 1-1,068 s each, wall time under sharing. The LSTM runs at "
-              "length 199 (842-1,648 s each, 4,005 s in all) were added later with `--resume --threads 1 "
-              "--models lstm --lengths 99 --lstm_lengths 199` and `--seeds 0 1` / `--seeds 2`, two processes "
-              "side by side beside other jobs; `--resume --threads 1` with the default lengths then rebuilt the "
-              "summary files from all 39 runs.",
-         seconds=6107.33 + 4004.64,
+         took="Each run's wall_time_s is in its metrics.json. The 21 LSTM runs ran alone with 2 threads "
+              "(0.75-251 s each at lengths 4-99, 427-567 s at 199; 2,497 s in all): they were made afresh, their "
+              "old folders removed, by `--resume` in place of `--overwrite`, which kept the RNN runs. The 18 RNN "
+              "runs ran as several one-thread processes side by side (`--models rnn`, then `--models rnn "
+              "--lengths 99 --seeds 1` and `--seeds 2`, into the same folder), 1-1,068 s each, wall time under "
+              "sharing, 5,298 s in all.",
+         seconds=2497 + 5298,
          note="compare.py with --resume keeps the finished runs in the folder and rebuilds compare.json, .md and "
               "the two plots from all of them; each metrics.json records the command of its own run."),
     Step("ablation_init", 1, "LSTM at length 49 with forget bias 1 instead of chrono initialisation",
@@ -162,25 +158,21 @@ STEPS: tuple[Step, ...] = (
               "--lstm_init forget_bias --forget_bias 1 --out {r1}/ablation_init --overwrite", quick=Q_COMPARE),),
          outputs=("ablation_init/compare.json", "ablation_init/compare.md", "ablation_init/compare.png",
                   "ablation_init/compare_curves.png", "ablation_init/lstm_len49_seed0/metrics.json"),
-         took="324 s (wall_time_s), 2 threads, alone on the machine.", seconds=324.1,
-         note="The run's metrics.json records its command as typed then, before --lstm_lengths existed (without "
-              "it the command would now also train at length 199); compare.json, compare.md and the plots were "
-              "rebuilt from that run by the command above with --resume in place of --overwrite. Whether this run "
-              "stalls depends on rounding (report.md, 'The initialisation, measured')."),
+         took="97 s (wall_time_s), 2 threads, alone on the machine.", seconds=97.29),
     Step("grad_norms", 1, "input-gradient norms against the step, RNN and LSTM at length 49",
          (Cmd("cd part1 && python grad_norms.py --out {r1}/grad_norms --threads 1 --overwrite",
               quick={"--input_length": "5", "--steps": "4", "--num_hidden": "8", "--probe_size": "50",
                      "--threads": "1"}),),
          outputs=("grad_norms/grad_norms.json", "grad_norms/grad_norms.png"),
-         took="435 s (wall_time_s in grad_norms.json, which also names the machine), one thread, beside other "
-              "jobs.", seconds=434.6),
+         took="233 s (wall_time_s in grad_norms.json, which also names the machine), one thread, alone on the "
+              "machine.", seconds=232.6),
     Step("bench", 1, "milliseconds per LSTM training step, four runs",
          tuple(Cmd("cd part1 && python bench.py", heading=f"run {i}", full_only=i > 1,
                    quick={"--lengths": "4", "--steps": "2", "--rounds": "1", "--layer_seconds": "0.01"})
                for i in (1, 2, 3, 4)),
          outputs=("bench.txt",), capture="bench.txt", intro=BENCH_INTRO,
-         took="529 s for the four runs (`make_results.py --only bench bench_gan`), alone on the machine with 2 "
-              "threads (each run's first line).", seconds=529,
+         took="473 s for the four runs (make_results.py's log), alone on the machine with 2 threads (each "
+              "run's first line).", seconds=473,
          note="Written by the driver: each run's standard output under `## run N`, with its command."),
     Step("bench_shared_cpu", 1, "part 1's training speed alone and beside a running my_gan.py",
          (Cmd('python part1/bench_shared_cpu.py --data_dir {mnist} --part1_args "--threads 2" --gan_args "--threads 2"',
@@ -191,9 +183,8 @@ STEPS: tuple[Step, ...] = (
               heading="The defaults (--threads 0: the idle cores at start-up; my_gan.py looks again every 5 s)")),
          outputs=("bench_shared_cpu.txt",), capture="bench_shared_cpu.txt",
          intro="Each command alone on the machine; the first line of each names the machine.",
-         took="Not recorded; each command alone on the machine.",
-         note="The committed file holds the two commands' standard output, each under a heading, assembled by "
-              "hand; the driver writes the same sections."),
+         took="247 s for both commands (make_results.py's log), each alone on the machine.", seconds=247,
+         note="Written by the driver: each command's standard output under its heading."),
     # ---------------------------------------------------------------- part 2
     Step("classifier", 2, "the digit classifier that scores the GAN",
          (Cmd("python part2/train_classifier.py --data_dir {mnist} --out {r2}/classifier.pt --overwrite",
@@ -210,7 +201,7 @@ STEPS: tuple[Step, ...] = (
                   "gan/grids/iter_*.png", "gan/losses.csv", "gan/losses.png", "gan/scores.json",
                   "recipe/dropout0.1_scores.json", "recipe/dropout0.1_config.json"),
          took="Training time not recorded in a committed file (one thread, beside the two other runs of the "
-              "dropout comparison; 200 epochs at the defaults extrapolate to about 37 min alone with 2 threads, "
+              "dropout comparison; 200 epochs at the defaults extrapolate to 34-38 min alone with 2 threads, "
               "bench_gan.txt); scoring 12.8 s (--eval_scores) and 14.9 s (evaluate.py), the score files' "
               "meta.seconds.", seconds=12.8 + 14.9,
          note="Every 200-epoch run here trained in bf16, then the default; --precision bf16 keeps that where "
@@ -272,8 +263,8 @@ STEPS: tuple[Step, ...] = (
                    quick={"--iters": "4", "--warmup": "1", "--rounds": "1", "--threads": "1", "--no_breakdown": ""})
                for i in (1, 2, 3)),
          outputs=("bench_gan.txt",), capture="bench_gan.txt", intro=BENCH_INTRO,
-         took="115 s for the three runs (`make_results.py --only bench bench_gan`), alone on the machine with 2 "
-              "threads (each run's first line).", seconds=115,
+         took="220 s for the three runs (make_results.py's log), alone on the machine with 2 threads (each "
+              "run's first line).", seconds=220,
          note="Written by the driver: each run's standard output under `## run N`, with its command."),
 )
 
@@ -419,7 +410,7 @@ def manifest(part: int) -> str:
         "replace the committed files; the files were first made without it, into empty folders. The times "
         "recorded below add up to "
         f"{hms(sum(s.seconds for s in steps if s.seconds is not None))} for this folder and {hms(seconds)} for "
-        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 7 hours "
+        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 6 1/2 hours "
         "(make_results.py).",
         "",
         "This file is written by `python make_results.py --manifests` from the list of steps in "

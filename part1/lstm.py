@@ -15,8 +15,8 @@ the order g, i, f, o: W_x = [W_gx; W_ix; W_fx; W_ox] (4H, D), W_h likewise (4H, 
 
 `LSTM.recurrence` below is these equations under autograd, step by step: the readable reference.
 By default (hand_bptt=True) a different implementation of the same arithmetic runs instead:
-lstm_bptt.py, with a hand-written backward through time and, on float32 CPU tensors, a fused C
-cell and oneDNN matmuls where they time faster (lstm_kernel.py). Tests hold it to the reference
+lstm_bptt.py, with a hand-written backward through time and, on float32 CPU tensors, each step
+as one call of a C cell where that times faster than PyTorch ops (lstm_kernel.py). Tests hold it to the reference
 within float rounding. LSTM(..., hand_bptt=False) (train.py --lstm_impl reference) runs the
 reference itself.
 """

@@ -50,7 +50,7 @@ def forward_loop(gates: torch.Tensor, c: torch.Tensor, h: torch.Tensor, tanh_c: 
         W_hT = W_h.t().contiguous()
         gates_at, c_at, tanh_c_at, h_at = map(lstm_kernel.step_address, (gates, c, tanh_c, h))
         for t in range(T):
-            # gates[t] + W_h h_t (h_0 = 0 adds nothing), then (1)-(6): -> c[t + 1], tanh_c[t], h[t + 1]
+            # gates[t] + W_h h[t] (the previous state; h[0] = 0 adds nothing), then (1)-(6) -> c[t + 1], h[t + 1]
             lstm_kernel.forward_step_at(B, H4 // 4, gates_at(t), h_at(t) if t > 0 else 0, W_hT.data_ptr(),
                                         c_at(t), c_at(t + 1), tanh_c_at(t), h_at(t + 1))
         return

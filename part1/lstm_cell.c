@@ -8,8 +8,9 @@
  * PyTorch ops would have one per operation, and the element-wise work runs on every thread. The
  * element-wise part reads and writes each element once, where separate PyTorch ops (tanh, sigmoid,
  * two multiplies, an add, ...) would each sweep the whole (B, 4H) block and pay their own dispatch.
- * Plain C99; the inner loops auto-vectorise. Built with -fopenmp where the compiler has it, so the
- * threads are torch's own OpenMP pool (the same libgomp, already loaded); without it, one thread.
+ * Plain C99; the inner loops auto-vectorise. Built with -fopenmp where torch runs on a libgomp that
+ * the build will share and the compiler has it, so the threads are torch's own OpenMP pool;
+ * otherwise (a second runtime would fight torch's threads for the cores) for one thread.
  * Every row is computed by the same code whatever the number of threads (the blocks are whole
  * multiples of the kernel's MR rows), so the thread count does not change the numbers.
  * lstm_kernel.py builds it with -ffinite-math-only (min/max clamps become single instructions):
@@ -43,9 +44,10 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 static inline float tanh_approx(float x) { return 1.0f - 2.0f / (1.0f + exp_approx(2.0f * x)); }
 
 /* C (M x N) = A (M x K) B (K x N), or C += A B with accumulate; row-major with leading dimensions.
- * Register tiles of MR rows by NR columns: MR * NR / 16 = 16 AVX-512 accumulators (32 with AVX2,
- * which spill a little); each k loads one row of B and broadcasts MR numbers of A. Each element's
- * sum runs over k in order, in the tiles and at the edges alike. */
+ * Register tiles of MR rows by NR columns: MR * NR / 16 = 16 AVX-512 registers of sums (where
+ * registers are narrower they spill, and the timing in lstm_kernel.py may then keep PyTorch ops).
+ * Each k loads one row of B and broadcasts MR numbers of A. Each element's sum runs over k in
+ * order, in the tiles and at the edges alike. */
 #define MR 8
 #define NR 32
 
@@ -85,6 +87,12 @@ static void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, c
             gemm_tile(K, A + m * lda, lda, B + n, ldb, C + m * ldc + n, ldc, accumulate);
     if (N_tiles < N) gemm_edge(M_tiles, N - N_tiles, K, A, lda, B + N_tiles, ldb, C + N_tiles, ldc, accumulate);
     if (M_tiles < M) gemm_edge(M - M_tiles, N, K, A + M_tiles * lda, lda, B, ldb, C + M_tiles * ldc, ldc, accumulate);
+}
+
+/* Threads worth starting for B rows: no more than there are blocks of MR rows. */
+static int threads_for(int64_t B, int threads) {
+    int64_t tiles = (B + MR - 1) / MR;
+    return tiles < threads ? (int)tiles : threads;
 }
 
 /* Rows [r0, r1) of thread k's block: whole multiples of MR rows, so that how many threads there are
@@ -134,6 +142,7 @@ static void backward_row(int64_t H, float *restrict row, const float *restrict c
  * their nonlinearities (the backward pass needs them), and c, tanh(c), h are written. */
 void lstm_forward_step(int64_t B, int64_t H, int threads, float *gates, const float *h_prev, const float *W_hT,
                        const float *c_prev, float *c, float *tanh_c, float *h) {
+    threads = threads_for(B, threads);
     #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int k = 0; k < threads; k++) {
         int64_t r0, r1;
@@ -151,6 +160,7 @@ void lstm_forward_step(int64_t B, int64_t H, int threads, float *gates, const fl
  * (not written when NULL: the first step, whose h_0 is no parameter). */
 void lstm_backward_step(int64_t B, int64_t H, int threads, float *gates, const float *c_prev, const float *tanh_c,
                         const float *dh, float *dc, const float *W_h, float *dh_prev) {
+    threads = threads_for(B, threads);
     #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int k = 0; k < threads; k++) {
         int64_t r0, r1;

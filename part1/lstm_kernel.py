@@ -55,17 +55,14 @@ SOURCE = Path(__file__).resolve().parent / "lstm_cell.c"
 # Arm), then portable code. The maths flags let the clamps and the polynomial in exp_approx vectorise
 # into min/max and fused multiply-adds (about 3x faster than without; see lstm_cell.c on NaN).
 FLAG_SETS = (["-march=native"], ["-mcpu=native"], [])
-# -fopenmp where the compiler has it: the C cell then runs on torch's own OpenMP threads (the
-# libgomp torch has loaded; _one_openmp checks), else on one thread.
-OPENMP = (["-fopenmp"], [])
 COMMON = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-ffinite-math-only", "-fno-signed-zeros",
           "-shared", "-fPIC"]
 
 LAYERS = {"cell": ("c", "torch"), "matmul": ("onednn", "mm")}  # (fast variant, plain variant)
 ENV = {"cell": "CS324_LSTM_CELL", "matmul": "CS324_LSTM_MATMUL"}
 # What a fallback costs, from part1/results/bench.txt (batch 128, hidden 128, an AMD EPYC, 2 threads).
-COST = {"cell": "the cell runs as PyTorch ops: training steps about 1.5x slower (bench.py)",
-        "matmul": "the products run on torch.mm: up to 1.4x slower a product, by CPU and threads (bench.py)"}
+COST = {"cell": "the cell runs as PyTorch ops: training steps about 1.7-2x slower (bench.py)",
+        "matmul": "the PyTorch-ops cell's products run on torch.mm: up to 1.5x slower a product (bench.py)"}
 # The plain variant replaces the fast one only when clearly faster: on a close call timing noise
 # could otherwise pick differently in two runs on one machine and change a seeded run's rounding.
 PLAIN_MARGIN = 0.85
@@ -74,7 +71,8 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 40
 
 _lib: ctypes.CDLL | None = None
 _tried = False
-_openmp = False                          # whether the C cell was built with OpenMP
+_openmp = False                          # whether the C cell was built with OpenMP (torch's threads)
+_openmp_why = ""                         # if not, why not
 _onednn: bool | None = None
 _unavailable: dict[str, str] = {}        # layer -> why its fast variant cannot run
 _warned: set[str] = set()
@@ -87,24 +85,24 @@ _packed: dict[tuple[int, int, int], torch.Tensor] = {}  # (N, K, batch size) -> 
 
 def _build() -> tuple[ctypes.CDLL | None, str]:
     """The compiled cell, or None and the reason it could not be had."""
-    global _openmp
+    global _openmp, _openmp_why
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None, "no C compiler found: set CC"
     # A fresh folder per process: nothing cached can be stale or built for another CPU.
-    out = Path(tempfile.mkdtemp(prefix="lstm_cell_")) / "lstm_cell.so"
+    out = Path(tempfile.mkdtemp(prefix="lstm_cell_"))
     try:
-        for openmp in OPENMP:
-            lib, failure = _compile_and_load(compiler, openmp, out)
-            if lib is not None and (not openmp or _one_openmp()):
-                _openmp = bool(openmp)
-                break
-            # else: the compiler has no OpenMP, or it brought a second runtime beside torch's
-            # (two pools of threads would fight for the cores): build for one thread instead.
+        lib, _openmp_why = None, _shared_libgomp()
+        if not _openmp_why:
+            lib, failure = _compile_and_load(compiler, ["-fopenmp"], out / "lstm_cell_omp.so")
+            _openmp_why = "" if lib is not None else f"the build with -fopenmp failed: {failure}"
+        if lib is None:
+            lib, failure = _compile_and_load(compiler, [], out / "lstm_cell.so")
         if lib is None:
             return None, failure
+        _openmp = not _openmp_why
     finally:
-        shutil.rmtree(out.parent, ignore_errors=True)  # once loaded, the file is no longer needed (POSIX)
+        shutil.rmtree(out, ignore_errors=True)  # once loaded, the file is no longer needed (POSIX)
     i64, c_int, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.lstm_forward_step.argtypes = [i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.lstm_backward_step.argtypes = [i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -114,7 +112,6 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
 
 def _compile_and_load(compiler: str, openmp: list[str], out: Path) -> tuple[ctypes.CDLL | None, str]:
     """lstm_cell.c built with the first of FLAG_SETS that compiles, and loaded; or None and why not."""
-    out = out.with_name(f"lstm_cell{'_omp' if openmp else ''}.so")  # a loaded file is never rewritten
     for flags in FLAG_SETS:
         cmd = [compiler, *COMMON, *openmp, *flags, str(SOURCE), "-o", str(out), "-lm"]
         try:
@@ -132,15 +129,22 @@ def _compile_and_load(compiler: str, openmp: list[str], out: Path) -> tuple[ctyp
         return None, f"the built lstm_cell.so does not load: {exc}"
 
 
-def _one_openmp() -> bool:
-    """Whether this process has at most one OpenMP runtime loaded (Linux; elsewhere, assume so)."""
+def _shared_libgomp() -> str:
+    """'' when a -fopenmp build will run on torch's own OpenMP threads, else why not.
+
+    The loader gives the build the libgomp.so.1 already in the process, if there is one. Where torch
+    runs on another runtime (a renamed libgomp copy, libomp, libiomp5), the build would bring a
+    second one, whose threads would fight torch's for the cores: the cell is then built for one thread.
+    """
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return True
-    runtimes = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line
-                or "libomp" in line}
-    return len(runtimes) <= 1
+        return "cannot see which OpenMP runtime torch runs on (no /proc/self/maps)"
+    names = {Path(line.split()[-1]).name for line in maps.splitlines() if "/" in line}
+    if "libgomp.so.1" in names:
+        return ""
+    others = sorted(n for n in names if any(key in n for key in ("gomp", "libomp", "iomp")))
+    return f"torch's OpenMP runtime is {', '.join(others) or 'not loaded'}, not a libgomp.so.1 to share"
 
 
 def load() -> ctypes.CDLL | None:
@@ -386,7 +390,7 @@ def describe(batch_size: int | None = None, hidden_dim: int | None = None,
             summary[layer], how[layer] = "+".join(chosen) or "undecided", "timed"
     if summary["cell"] == "c":  # the C cell does its own products; the matmul layer serves only the other
         summary["matmul"], how["matmul"] = "c", "in the C cell, " + (
-            "on torch's OpenMP threads" if _openmp else "on one thread: built without OpenMP")
+            "on torch's OpenMP threads" if _openmp else f"on one thread: {_openmp_why}")
     timings = {f"{layer} {'x'.join(map(str, shape))}": d["us"] for (layer, shape), d in _decisions.items()}
     return {**summary, "how": how, "timings_us": timings,
             "fallbacks": dict(_unavailable)}

@@ -150,7 +150,7 @@ def test_c_cell_products_match_torch_and_do_not_depend_on_threads(threads):
     if lstm_kernel.load() is None:
         pytest.skip("the C cell is not available here")
     torch.manual_seed(0)
-    T, B, H = 4, 37, 40                                   # 4H = 160 = 5 tiles; H = 40 = a tile and an edge
+    T, B, H = 4, 37, 44                                   # B: 4 tiles and 5 rows; 4H = 176, H = 44: tiles and edges
     pre, W_h = torch.randn(T, B, 4 * H), torch.randn(4 * H, H) / H ** 0.5
     grad_h = torch.randn(B, H)
     results = {}
