@@ -2,9 +2,9 @@
 
 Times this repository's LSTM with the variants lstm_kernel.py chose here, with each forced
 variant (the C cell, which does its own products; PyTorch ops with products through oneDNN or
-torch.mm), and under plain autograd; against the per-gate formulation most student code uses (eight nn.Linear calls a step)
-and torch.nn.LSTM plus a linear head. All in one run, interleaved, so a busy moment hits all alike.
-Then the per-step cost of each layer's variants on their own.
+torch.mm), and under plain autograd; against the per-gate formulation most student code uses
+(eight nn.Linear calls a step) and torch.nn.LSTM plus a linear head. All in one run, interleaved,
+so a busy moment hits all alike. Then the per-step cost of each layer's variants on their own.
 
     python bench.py                                    # batch 128, hidden 128, lengths 19 and 99
     python bench.py --lengths 19 --steps 5 --rounds 1  # a quick look
