@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= part2/data
 
-.PHONY: demo test venv clean results notebooks
+.PHONY: demo test test-slow venv clean results notebooks
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,14 @@ demo: venv
 	$(PY) part2/my_gan.py --n_epochs 1 --data_dir $(DATA_DIR) --out part2/runs/demo --overwrite
 
 # One thread: the tests train tiny models, and on a busy machine OpenMP threads spin-waiting
-# for a descheduled partner can make a step ten times slower.
+# for a descheduled partner can make a step ten times slower. `make test` leaves out the slow
+# end-to-end runs (pytest.ini); `make test-slow` runs only those. CI runs both.
 test: venv
 	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+test-slow: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests
 
 # Every committed result under part1/results and part2/results, re-made in order by make_results.py
 # (about 6 1/2 hours on a 2-core CPU; the steps and their times are in part*/results/README.md).

@@ -1,8 +1,7 @@
-"""Helpers both parts share: one-line errors, the device, seeds, threads, and writes that never tear.
+"""The core both parts share: one-line errors and exits, the device, seeds, and writes that never tear.
 
-Part 1 and part 2 scripts put the repository root on sys.path and import this one file, so
-there is a single copy of each helper. Every command-line error is a UserError: the scripts
-print it as one line and exit with code 2.
+Every command-line error is a UserError: run_cli prints it as one line and exits with code 2.
+Entry-point scripts put the repository root on sys.path (one line) and import this file.
 """
 from __future__ import annotations
 
@@ -11,26 +10,24 @@ import contextlib
 import errno
 import io
 import json
-import math
 import os
-import platform
 import random
 import re
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
+RESULTS = (ROOT / "part1" / "results", ROOT / "part2" / "results")  # committed: written only with --overwrite
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random accept it too
 THREADS_MAX = 1024
 TMP_SUFFIX = ".atomic.tmp"  # atomic_write's temp files: .NAME.XXXX.atomic.tmp beside NAME
-TORCH_THREADS = torch.get_num_threads()  # torch's own default, before any run changes it
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, `kill` and schedulers, a closed terminal
 
 
 class UserError(Exception):
@@ -42,7 +39,19 @@ class TrainingFailed(Exception):
 
 
 class TrainingStopped(Exception):
-    """Ctrl-C between updates: the checkpoint has been saved; CLIs print the message and exit 130."""
+    """A stop signal between updates: the checkpoint has been saved; CLIs exit 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) outside a training loop: the script ends at once."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,9 +61,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def raise_stopped(signum: int, frame: Any) -> None:
+    """Signal handler: SIGTERM and SIGHUP end the script like Ctrl-C does, as an exception that run_cli reports."""
+    raise Stopped(signum)
+
+
 def run_cli(prog: str, body: Callable[[], Any]) -> Any:
     """Call body(); each way of stopping early is one line on stderr and an exit code: 2 for bad input
-    (UserError), 1 for a failed training (TrainingFailed), 130 after Ctrl-C."""
+    (UserError), 1 for a failed training (TrainingFailed), 128 + the signal after Ctrl-C, SIGTERM or SIGHUP."""
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread, where signals cannot be caught
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, raise_stopped)
+    for stream in (sys.stdout, sys.stderr):  # a path the terminal cannot encode is escaped, not a traceback
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return body()
     except UserError as exc:
@@ -65,10 +85,13 @@ def run_cli(prog: str, body: Callable[[], Any]) -> Any:
         sys.exit(1)
     except TrainingStopped as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + exc.signum)
+    except KeyboardInterrupt as exc:  # Ctrl-C (or Stopped) before or after the training loop
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"{prog}: stopped by {signal.Signals(signum).name}; nothing more was written", file=sys.stderr)
+        sys.exit(128 + signum)
+    except BrokenPipeError:  # output piped into a reader that went away (`| head`)
+        sys.exit(1)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -226,10 +249,47 @@ def repo_relative(path: str | Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def check_resume_or_overwrite(resume: bool, overwrite: bool, what: str = "run") -> None:
-    """--resume continues what --out holds and --overwrite replaces it: refuse both at once, at the door."""
-    if resume and overwrite:
-        raise UserError(f"--resume continues the {what} in --out and --overwrite starts it afresh; give one of them")
+def check_out(out: str | Path, resume: bool = False, overwrite: bool = False, what: str = "run",
+              flag: str = "--out") -> Path:
+    """The door check of an output folder, before any work: names the file system can take; inside the
+    committed results (part1/results, part2/results) nothing is written without --overwrite, a resume
+    included (there --resume --overwrite continues the committed run); elsewhere --resume (continue
+    what --out holds) and --overwrite (start afresh there) contradict each other."""
+    out = check_names(out, flag)
+    if is_committed(out):
+        if not overwrite:
+            raise UserError(f"{flag} {out} is inside the committed results ({repo_relative(committed_root(out))}); "
+                            f"choose another {flag}, or add --overwrite to write there")
+    elif resume and overwrite:
+        raise UserError(f"--resume continues the {what} in {flag} and --overwrite starts it afresh; give one of them")
+    return out
+
+
+def check_names(path: str | Path, flag: str) -> Path:
+    """Refuse a path the file system cannot hold: an empty one, a NUL byte, a name longer than its limit."""
+    text = str(path)
+    if not text or "\0" in text:
+        raise UserError(f"{flag} must be a path, got {text!r}")
+    path = Path(path)
+    limit = 255  # NAME_MAX of ext4, xfs, btrfs, APFS and NTFS
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.is_dir())
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise UserError(f"{flag}: the name {long[:40]!r}... is {len(os.fsencode(long))} bytes, "
+                        f"over the file system's limit of {limit}")
+    return path
+
+
+def committed_root(path: str | Path) -> Path | None:
+    """The committed results folder that holds path, or None."""
+    path = Path(path).resolve()
+    return next((r for r in RESULTS if path == r or path.is_relative_to(r)), None)
+
+
+def is_committed(path: str | Path) -> bool:
+    return committed_root(path) is not None
 
 
 def refuse_existing_run(out: str | Path, markers: tuple[str, ...], resume: bool, overwrite: bool) -> None:
@@ -245,9 +305,11 @@ def refuse_existing_run(out: str | Path, markers: tuple[str, ...], resume: bool,
 
 
 def refuse_replacing(path: str | Path, overwrite: bool) -> None:
-    """Stop before a result file that exists is replaced, unless --overwrite asked for it by name."""
-    if Path(path).exists() and not overwrite:
-        raise UserError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+    """Stop before a result file that exists, or any file in the committed results, is written without --overwrite."""
+    path = Path(path)
+    if not overwrite and (path.exists() or is_committed(path)):
+        where = "exists" if path.exists() else f"would be written into the committed results ({repo_relative(committed_root(path))})"
+        raise UserError(f"{path} {where}; pass --overwrite to write it, or choose another --out")
 
 
 def memory_bytes() -> int:
@@ -276,173 +338,3 @@ def check_fits(nbytes: float, what: str, device: torch.device | None = None) -> 
                         f"{where} {have / 2**30:.1f} GiB available")
 
 
-def machine_line() -> str:
-    """Processor (with the vector extensions that decide which kernels win), cores and torch version."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in info:
-        model += f" (family {info['cpu family']}, model {info.get('model', '?')})"
-    extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in info.get("flags", "").split()]
-    return (f"{model}{', ' + ' '.join(extensions) if extensions else ''}, {os.cpu_count()} logical CPUs, "
-            f"torch {torch.__version__}")
-
-
-def _usable_cpus() -> set[int] | None:
-    """The CPUs this process may run on (its affinity), or None where the system cannot say."""
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy seconds of all other processes, seconds of wall time x cores) so far, over the CPUs this
-    process may use, from /proc (Linux); our own time is subtracted in full, as it runs on those CPUs."""
-    usable = _usable_cpus()
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    busy = total = 0
-    for line in lines:
-        name, *fields = line.split()
-        if not name.startswith("cpu") or name == "cpu" or (usable is not None and int(name[3:]) not in usable):
-            continue
-        values = [int(v) for v in fields[:8]]  # guest time is already counted in user time
-        total += sum(values)
-        busy += sum(values) - values[3] - values[4]  # all but idle and iowait
-    if total == 0:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    mine = int(own[11]) + int(own[12])  # utime + stime of this process
-    return (busy - mine) / ticks, total / ticks
-
-
-def _idle_between(before: tuple[float, float] | None, after: tuple[float, float] | None) -> int | None:
-    """Cores that other processes left idle between two _cpu_times() readings."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    usable = _usable_cpus()
-    cores = len(usable) if usable else (os.cpu_count() or 1)
-    busy = cores * (after[0] - before[0]) / (after[1] - before[1])
-    # A core that others kept busy a third of the time is taken: our threads would wait on it.
-    return max(0, math.floor(cores - busy + 0.3))
-
-
-def free_cores(seconds: float = 0.25) -> int | None:
-    """Cores that other processes left idle over a short sample, or None where /proc cannot tell."""
-    before = _cpu_times()
-    time.sleep(seconds)
-    return _idle_between(before, _cpu_times())
-
-
-class ThreadGovernor:
-    """For long runs with --threads 0: every `every` seconds, follow the cores other jobs leave idle.
-
-    A job started beside a running one takes only the idle cores, but the running one keeps its
-    threads, which then spin-wait for partners the other job has descheduled: both crawl. So a
-    long run looks again now and then and sets torch's thread count to the idle cores (at least 1,
-    at most `most`). The count changes the rounding of some sums: a run repeats bit for bit only
-    with a fixed --threads, which switches this off.
-    """
-
-    def __init__(self, most: int, every: float = 5.0) -> None:
-        self.most, self.every = most, every
-        self.last, self.reading = time.monotonic(), _cpu_times()
-        self.changes = 0
-
-    def check(self) -> None:
-        """Cheap unless `every` seconds have passed since the last look."""
-        if time.monotonic() - self.last < self.every:
-            return
-        reading = _cpu_times()
-        idle = _idle_between(self.reading, reading)
-        self.last, self.reading = time.monotonic(), reading
-        if idle is None:
-            return
-        want = max(1, min(self.most, idle))
-        if want != torch.get_num_threads():
-            torch.set_num_threads(want)
-            self.changes += 1
-
-
-def set_threads(threads: int) -> tuple[int, str]:
-    """Apply --threads; 0 picks the cores free at start-up. Returns (threads used, how they were chosen).
-
-    torch's default, one thread per core, spin-waits for its partner threads between operations;
-    when another job holds a core, every operation waits for a descheduled thread and a run can
-    slow down tenfold. So a run takes only the cores that are idle when it starts (never more
-    than torch's default, which honours OMP_NUM_THREADS), and keeps that number to the end:
-    the thread count changes the rounding of some sums, so a seeded run repeats bit for bit only
-    with the same --threads.
-    """
-    check_threads(threads)
-    if threads:
-        torch.set_num_threads(threads)
-        return threads, "--threads"
-    default = TORCH_THREADS
-    free = free_cores() if default > 1 else None
-    if free is None:
-        torch.set_num_threads(default)
-        return default, "torch's default"
-    chosen = max(1, min(default, free))
-    torch.set_num_threads(chosen)
-    usable = _usable_cpus()
-    return chosen, f"{free} of {len(usable) if usable else os.cpu_count()} cores idle at start"
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed on 64-bit systems; blocks above it are mmap'd
-TRIM_THRESHOLD = 1 << 30   # free memory the heap may hold before returning it to the kernel
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse (a no-op elsewhere); True if it took effect.
-
-    A training step allocates and frees the same multi-megabyte tensors every iteration (a GAN
-    weight's bf16 copy, its gradient). By default glibc returns blocks of that size to the kernel
-    when they are freed, so the next step takes a page fault for every 4 KB of them again (about
-    100 a GAN iteration). With both thresholds raised, freed blocks up to 32 MB stay in the heap:
-    the numbers computed are the same; the process keeps its peak memory.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-
-
-@contextlib.contextmanager
-def stop_on_sigint() -> Iterator[dict[str, bool]]:
-    """Turn the first Ctrl-C into a flag that a training loop reads between updates.
-
-    An exception raised inside an update could leave a model half-updated; stopping between
-    updates makes the saved checkpoint exact. A second Ctrl-C interrupts at once.
-    """
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C behaves as usual
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import lstm_bptt
 import lstm_kernel
+from cpu_threads import machine_line
+from cs324_utils import OneLineParser, UserError, check_fits, pick_device, run_cli
 from lstm import LSTM
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import OneLineParser, UserError, check_fits, machine_line, pick_device, run_cli
 
 COMBOS = [("c", "auto"), *(("torch", matmul) for matmul in lstm_kernel.LAYERS["matmul"])]  # the C cell's own products
 
@@ -182,7 +182,9 @@ def run(args) -> None:
     print(f"{machine_line()}; device {device}, {torch.get_num_threads()} threads; "
           f"batch {args.batch_size}, hidden {args.num_hidden}, input_dim {args.input_dim}")
     combos, notes = usable_combos() if device.type == "cpu" else ([], [])
-    info = lstm_kernel.describe(args.batch_size, args.num_hidden, device)
+    if device.type == "cpu":
+        lstm_bptt.plan(args.batch_size, args.num_hidden)  # the choices the "as chosen" model will train with
+    info = lstm_kernel.describe(device)
     chosen = combo_name(info['cell'], 'auto' if info['cell'] == 'c' else info['matmul'])
     print(f"lstm_kernel chose cell {info['cell']} ({info['how']['cell']}), matmul {info['matmul']} "
           f"({info['how']['matmul']}); its timings (us): {info['timings_us']}")

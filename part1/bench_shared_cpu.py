@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import OneLineParser, UserError, machine_line, run_cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from cpu_threads import machine_line
+from cs324_utils import OneLineParser, UserError, run_cli
 
 HERE = Path(__file__).resolve().parent
 PART2 = HERE.parent / "part2"

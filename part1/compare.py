@@ -18,27 +18,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import lstm_kernel
-from train import RUN_CONTROL, Config, TrainingInterrupted, train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
     OneLineParser,
+    TrainingStopped,
     UserError,
     atomic_write,
-    check_resume_or_overwrite,
-    check_writable_dir,
+    check_fits,
+    check_out,
     pick_device,
     refuse_existing_run,
     run_cli,
-    safe_load,
     write_json,
 )
+from dataset import capped_warning
+from file_checks import read_checkpoint, read_json
+from palindrome_run import RUN_CONTROL, memory_estimate
+from train import Config, train
+from training_run import hold_folder
 
 HERE = Path(__file__).resolve().parent
 PROG = "compare.py"
@@ -66,7 +68,7 @@ def run_config(model: str, length: int, seed: int, args: argparse.Namespace) -> 
 
 def plan(args: argparse.Namespace) -> list[Config]:
     """Every run of the sweep, validated before the first one trains."""
-    check_resume_or_overwrite(args.resume, args.overwrite, "sweep")
+    check_out(args.out, args.resume, args.overwrite, "sweep")
     for flag, values in (("--lengths", args.lengths + args.lstm_lengths), ("--seeds", args.seeds),
                          ("--models", args.models)):
         repeated = sorted({v for v in values if values.count(v) > 1})
@@ -80,18 +82,17 @@ def plan(args: argparse.Namespace) -> list[Config]:
     runs = [(length, model) for length in args.lengths for model in args.models]
     if "lstm" in args.models:
         runs += [(length, "lstm") for length in args.lstm_lengths]
-    configs = [run_config(model, length, seed, args).validate(warn=False) for length, model in runs
+    configs = [run_config(model, length, seed, args).validated(warn=False) for length, model in runs
                for seed in args.seeds]
     if "lstm" in args.models:
         lstm_kernel.check_environment()
     device = pick_device(args.device)
     for config in configs:
-        config.check_memory(device)
+        check_fits(*memory_estimate(config), device)
     for length in dict.fromkeys(c.input_length for c in configs):  # one warning a length, once all are valid
         capped = next(c.data_size for c in configs if c.input_length == length)
         if capped < args.data_size:
-            print(f"warning: --data_size {args.data_size} exceeds the {capped} distinct palindromes of length "
-                  f"{length + 1}; using {capped}", file=sys.stderr)
+            print(capped_warning(length, args.data_size, capped), file=sys.stderr)
     return configs
 
 
@@ -99,56 +100,55 @@ def prepare_out(args: argparse.Namespace, configs: list[Config]) -> None:
     """Refuse to write over an earlier sweep unless --resume or --overwrite says what to do with it."""
     markers = (SUMMARY, *(Path(c.out).name for c in configs))
     refuse_existing_run(args.out, markers, args.resume, args.overwrite)
-    out = check_writable_dir(args.out)
-    if args.overwrite:  # asked for by name: the old summary must not stand beside runs trained afresh
+    if args.overwrite and not args.resume:  # asked for by name: no old summary beside runs trained afresh
         for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
+            (Path(args.out) / name).unlink(missing_ok=True)
 
 
-def kept_run(config: Config) -> dict | None:
-    """With --resume: the metrics of a finished run made with these settings, None if it must (still) train.
+def kept_run(config: Config) -> tuple[dict | None, Config]:
+    """With --resume: the metrics of a finished run made with these settings (None if it must still train),
+    and the config to train it with (resuming its checkpoint if it has one).
 
     A kept run or checkpoint made with other settings is refused: the table would state one budget
     and hold runs of another.
     """
     out = Path(config.out)
     if (out / "metrics.json").is_file():
-        try:
-            metrics = json.loads((out / "metrics.json").read_text())
-            saved = metrics["config"]
-        except (ValueError, KeyError, TypeError, OSError):
-            raise UserError(f"--resume: {out / 'metrics.json'} is not a metrics file of train.py") from None
-        check_same_settings(saved, config, out / "metrics.json")
-        return metrics
+        metrics = read_json(out / "metrics.json", "--resume: metrics file")
+        check_same_settings(metrics.fields("config"), config)
+        for key in ("val_accuracy", "wall_time_s"):
+            metrics.number(key, 0)
+        metrics.int("steps", 0)
+        metrics.raw("steps_to_99")
+        for entry in metrics.records("history"):
+            entry.int("step", 0), entry.number("val_accuracy", 0, 1)
+        return metrics.obj, config
     if (out / "checkpoint.pt").is_file():
-        check_same_settings(safe_load(out / "checkpoint.pt", "--resume: checkpoint").get("config", {}), config,
-                            out / "checkpoint.pt")
-        config.resume = True
-    return None
+        check_same_settings(read_checkpoint(out / "checkpoint.pt", "--resume: checkpoint").fields("config"), config)
+        return None, dataclasses.replace(config, resume=True)
+    return None, config
 
 
-def check_same_settings(saved: dict, config: Config, path: Path) -> None:
+def check_same_settings(saved, config: Config) -> None:
     for f in dataclasses.fields(Config):
         if f.name in MAY_DIFFER:
             continue
         # A run recorded before a setting existed used that setting's default.
-        if saved.get(f.name, f.default) != getattr(config, f.name):
-            raise UserError(f"--resume: {path} was made with --{f.name} {saved.get(f.name, f.default)}, not "
+        if saved.raw(f.name, f.default) != getattr(config, f.name):
+            raise UserError(f"--resume: {saved.path} was made with --{f.name} {saved.raw(f.name, f.default)}, not "
                             f"{getattr(config, f.name)}; give the sweep's settings, --overwrite, or another --out")
 
 
 def run_all(args: argparse.Namespace, configs: list[Config]) -> list[dict]:
     rows = []
     for config in configs:
-        metrics = kept_run(config) if args.resume else None
+        metrics, config = kept_run(config) if args.resume else (None, config)
         if metrics is None:
             try:
                 metrics = train(config)
-            except TrainingInterrupted as exc:
-                print(f"{PROG}: interrupted in {config.model} length {config.input_length} seed {config.seed} at step "
-                      f"{exc.step}; checkpoint saved to {exc.checkpoint}; continue the sweep with the same flags "
-                      f"plus --resume", file=sys.stderr)
-                sys.exit(130)
+            except TrainingStopped as exc:
+                raise TrainingStopped(f"{exc} (in {config.model} length {config.input_length} seed {config.seed}; "
+                                      f"continue the sweep with the same flags plus --resume)", exc.signum) from None
         print(f"{config.model} length {config.input_length} seed {config.seed}: val_accuracy "
               f"{metrics['val_accuracy']:.4f}, steps to 99% {metrics['steps_to_99']}, {metrics['wall_time_s']:.0f} s",
               flush=True)
@@ -195,8 +195,9 @@ def table(summary: list[dict], args: argparse.Namespace, command: str) -> str:
         f"{args.learning_rate}, clipping at {args.max_norm}, hidden {args.num_hidden}, "
         f"{'one-hot digits' if args.input_dim == 10 else 'digits as numbers'} (input_dim {args.input_dim}), "
         f"{args.data_size} palindromes (80% train) or all there are where fewer exist (the palindromes "
-        f"column), validation every {args.eval_every} steps, stop at {args.target_accuracy:.1%} validation "
-        "accuracy. Peak: the best validation accuracy a run reached; final: where it stopped.",
+        f"column), validation every {args.eval_every} steps, "
+        + (f"stop at {args.target_accuracy:.1%} validation accuracy" if args.target_accuracy else "no early stop")
+        + ". Peak: the best validation accuracy a run reached; final: where it stopped.",
         "",
         "| model | input length | LSTM gate init | palindromes | final val. accuracy (mean ± std) | peak val. accuracy (mean) "
         "| runs reaching 99% | steps to 99% (mean ± std of those) | mean time per run |",
@@ -213,7 +214,7 @@ def table(summary: list[dict], args: argparse.Namespace, command: str) -> str:
 def plot(rows: list[dict], summary: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no backend switched under a notebook
 
-    fig = Figure(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.8))
     ax = fig.subplots()
     for model, color in zip(MODELS, ("tab:blue", "tab:red")):
         ss = sorted((s for s in summary if s["model"] == model), key=lambda s: s["input_length"])
@@ -227,29 +228,30 @@ def plot(rows: list[dict], summary: list[dict], path: Path) -> None:
     ax.set(xlabel="input length (digits read)", ylabel="final validation accuracy", ylim=(0, 1.03),
            title="Predicting the last digit of a palindrome")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)  # below the axes, off the data
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """Validation accuracy against steps, one panel per input length, every run: the RNN's
-    collapses and the LSTM's plateaus show here, not in the final numbers."""
+    """Validation accuracy against steps, one panel per input length, every run, one line style per seed:
+    the RNN's collapses and the LSTM's plateaus show here, not in the final numbers."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     lengths = sorted({r["input_length"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    styles = dict(zip(seeds, ("-", "--", ":", "-.") * (len(seeds) // 4 + 1)))
     ncols = min(4, len(lengths))
     nrows = -(-len(lengths) // ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.7 * nrows))
+    fig = Figure(figsize=(3.4 * ncols, 2.7 * nrows + 0.6))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
-    first_seed = min(r["seed"] for r in rows)  # its runs carry the legend's labels
     for ax, length in zip(axes, lengths):
         for model, color in zip(MODELS, ("tab:blue", "tab:red")):
             for r in (r for r in rows if r["input_length"] == length and r["model"] == model):
                 steps, acc = zip(*r["curve"]) if r["curve"] else ((), ())
                 # Markers: a run that stops at its first validation is a single point.
-                ax.plot(steps, acc, color=color, lw=1.2, alpha=0.8, marker="o", ms=2.5,
-                        label=model.upper() if r["seed"] == first_seed else None)
+                ax.plot(steps, acc, color=color, ls=styles[r["seed"]], lw=1.2, alpha=0.85, marker="o", ms=2)
         ax.axhline(0.1, color="gray", ls=":", lw=1)
         ax.set_title(f"input length {length}", fontsize=10)
         ax.set_ylim(0, 1.03)
@@ -261,9 +263,14 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("validation accuracy")
     for ax in axes[(nrows - 1) * ncols:]:
         ax.set_xlabel("training step")
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Validation accuracy of every run (one line per seed; dotted: chance)")
-    fig.tight_layout()
+    present = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    handles = [Line2D([], [], color=c, lw=2, label=m.upper()) for m, c in zip(MODELS, ("tab:blue", "tab:red"))
+               if m in present]
+    handles += [Line2D([], [], color="black", ls=styles[s], label=f"seed {s}") for s in seeds]
+    handles.append(Line2D([], [], color="gray", ls=":", label="chance (0.1)"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.suptitle("Validation accuracy of every run against training steps")
+    fig.tight_layout(rect=(0, 0.6 / (2.7 * nrows + 0.6), 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
@@ -297,14 +304,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(HERE / "runs" / "compare"), help="folder for runs and results (default: part1/runs/compare)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep in --out: keep its finished runs, resume interrupted ones")
-    p.add_argument("--overwrite", action="store_true", help="train every run afresh in an --out that holds a sweep")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train every run afresh in an --out that holds a sweep; with --resume, continue a sweep in "
+                        "the committed part1/results (nothing is written there without --overwrite)")
     return p.parse_args(argv)
 
 
 def sweep(args: argparse.Namespace, command: str) -> None:
     configs = plan(args)
-    prepare_out(args, configs)
-    rows = run_all(args, configs)
+    with hold_folder(args.out, PROG):  # a second sweep on this folder is refused while this one runs
+        prepare_out(args, configs)
+        rows = run_all(args, configs)
+        write_outputs(args, command, rows)
+
+
+def write_outputs(args: argparse.Namespace, command: str, rows: list[dict]) -> None:
     summary = summarise(rows)
     out = Path(args.out)
     write_json({"command": command, "args": vars(args), "runs": rows, "summary": summary}, out / SUMMARY)

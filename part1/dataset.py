@@ -37,6 +37,14 @@ def capped_size(input_length: int, n: int) -> int:
     return min(n, 10 ** half_length)
 
 
+def capped_warning(input_length: int, requested: int, capped: int, epochs: int | None = None) -> str:
+    """The one-line warning for a --data_size above the palindromes that exist (epochs: the longer run that
+    keeps the step budget of --data_size)."""
+    note = f", in {epochs} epochs: about the steps --max_epoch would take over --data_size" if epochs else ""
+    return (f"warning: --data_size {requested} exceeds the {capped} distinct palindromes of length "
+            f"{input_length + 1}; using {capped}{note}")
+
+
 def encode(digits: torch.Tensor, one_hot: bool) -> torch.Tensor:
     """Digits (B, T) -> model input (B, T, 10) if one_hot else (B, T, 1), float32."""
     return F.one_hot(digits, 10).float() if one_hot else digits.unsqueeze(-1).float()
@@ -59,8 +67,7 @@ class PalindromeDataset(Dataset):
         half_length = math.ceil(self.seq_length / 2)
         max_len = capped_size(input_length, total_len)
         if total_len > max_len:
-            print(f"warning: only {max_len} distinct palindromes of length {self.seq_length}; "
-                  f"using {max_len} instead of {total_len}", file=sys.stderr)
+            print(capped_warning(input_length, total_len, max_len), file=sys.stderr)
             total_len = max_len
         generator = torch.Generator().manual_seed(seed)
         halves = distinct_halves(total_len, half_length, generator)

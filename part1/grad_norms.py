@@ -27,27 +27,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import lstm_kernel
-from dataset import PalindromeDataset
-from train import CHECKPOINT, RUN_CONTROL, Config, TrainingInterrupted, build_model, train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+from cpu_threads import machine_line, set_threads
 from cs324_utils import (
     OneLineParser,
     TrainingFailed,
     TrainingStopped,
     UserError,
     atomic_write,
+    check_fits,
+    check_out,
     check_writable_dir,
-    machine_line,
     pick_device,
     refuse_replacing,
     run_cli,
-    safe_load,
     set_seed,
-    set_threads,
     write_json,
 )
+from dataset import PalindromeDataset
+from file_checks import read_checkpoint
+from palindrome_run import CHECKPOINT, RUN_CONTROL, memory_estimate
+from train import Config, build_model, train
 
 HERE = Path(__file__).resolve().parent
 PROG = "grad_norms.py"
@@ -74,12 +75,12 @@ def check_args(args: argparse.Namespace) -> torch.device:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.probe_size < 1:
         raise UserError(f"--probe_size must be >= 1, got {args.probe_size}")
-    configs = [run_config(m, args, Path(tempfile.gettempdir())).validate(warn=False) for m in MODELS]
+    configs = [run_config(m, args, Path(tempfile.gettempdir())).validated(warn=False) for m in MODELS]
     lstm_kernel.check_environment()  # a bad CS324_LSTM_* value stops here, not after the RNN has trained
     device = pick_device(args.device)
     for config in configs:
-        config.check_memory(device)
-    out = Path(args.out)
+        check_fits(*memory_estimate(config), device)
+    out = check_out(args.out, overwrite=args.overwrite)
     for name in (JSON, PNG):
         refuse_replacing(out / name, args.overwrite)
     check_writable_dir(out)
@@ -132,10 +133,10 @@ def trained_model(config: Config, device: torch.device) -> tuple[nn.Module, dict
     """Train as train.py does, then load the weights it saved; returns the model and train()'s metrics."""
     try:
         metrics = train(config)
-    except TrainingInterrupted:
-        raise TrainingStopped("interrupted; nothing was written") from None
+    except TrainingStopped as exc:
+        raise TrainingStopped("stopped; nothing was written", exc.signum) from None
     model = build_model(config).to(device)
-    model.load_state_dict(safe_load(Path(config.out) / CHECKPOINT)["model"])
+    model.load_state_dict(read_checkpoint(Path(config.out) / CHECKPOINT).state_dict("model", model))
     return model, metrics
 
 
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     models, configs = {}, {}
     with tempfile.TemporaryDirectory(prefix="grad_norms_runs_") as scratch:  # checkpoints: never committed
         for model in MODELS:
-            config = run_config(model, args, Path(scratch)).validate(warn=False)
+            config = run_config(model, args, Path(scratch)).validated(warn=False)
             x, y = probe_batch(config, args.probe_size, device)
             models[model] = measure_model(config, x, y, device)
             configs[model] = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_CONTROL}

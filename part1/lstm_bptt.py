@@ -46,13 +46,8 @@ def forward_loop(gates: torch.Tensor, c: torch.Tensor, h: torch.Tensor, tanh_c: 
     """Equations (1)-(6) for all steps. gates (T, B, 4H) holds W_x x_t + b and leaves holding g, i, f, o;
     c, h (T + 1, B, H) with c[0] = h[0] = 0 and tanh_c (T, B, H) are filled in."""
     T, B, H4 = gates.shape
-    if cell == "c":
-        W_hT = W_h.t().contiguous()
-        gates_at, c_at, tanh_c_at, h_at = map(lstm_kernel.step_address, (gates, c, tanh_c, h))
-        for t in range(T):
-            # gates[t] + W_h h[t] (the previous state; h[0] = 0 adds nothing), then (1)-(6) -> c[t + 1], h[t + 1]
-            lstm_kernel.forward_step_at(B, H4 // 4, gates_at(t), h_at(t) if t > 0 else 0, W_hT.data_ptr(),
-                                        c_at(t), c_at(t + 1), tanh_c_at(t), h_at(t + 1))
+    if cell == "c":  # all steps in one call, the same equations
+        lstm_kernel.forward(gates, W_h.t().contiguous(), c, tanh_c, h)
         return
     times_W_h = lstm_kernel.linear(W_h, B, matmul)        # h -> W_h h, all four gates
     W_hT = W_h.t()
@@ -74,8 +69,9 @@ def backward_loop(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, W_
 
 
 def plan(batch_size: int, hidden_dim: int) -> tuple[str, str, str]:
-    """(cell, forward matmul, backward matmul) for a float32 CPU recurrence: chosen once per shape.
-    The "c" cell does its own products: ("c", "c", "c")."""
+    """(cell, forward matmul, backward matmul) for a float32 CPU recurrence: the one place the fast path's
+    variants are chosen (lstm_kernel.decide times each once per shape and keeps it). The "c" cell does
+    its own products: ("c", "c", "c")."""
     B, H = batch_size, hidden_dim
     cell = lstm_kernel.decide("cell", (B, H), lambda: cell_candidates(B, H, *torch_matmuls(B, H)))
     return ("c", "c", "c") if cell == "c" else ("torch", *torch_matmuls(B, H))
@@ -164,7 +160,7 @@ class LSTMRecurrence(torch.autograd.Function):
 
 
 # Activations of a training step, kept for the next step of the same shape. Fresh blocks of several
-# megabytes each step cost page faults (filling a new 5 MB gate buffer took longer than the step's
+# megabytes each step cost page faults (filling a new 5 MB gate buffer costs more than the step's
 # input projection itself); reused ones are already mapped. A set is in the pool only between a
 # backward that finished with it and the next forward that takes it, so a graph never shares its
 # activations: a forward whose backward never comes simply lets its set go.
@@ -190,18 +186,8 @@ def give_back_buffers(key: tuple, buffers: tuple[torch.Tensor, ...]) -> None:
 
 def _backward_c(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
                 W_h: torch.Tensor) -> torch.Tensor:
-    """dLoss/d(pre-activations) (T, B, 4H), written over `gates`; one kernel call a step."""
-    T, B, H4 = gates.shape
-    dh, spare = grad_h, (torch.empty_like(grad_h), torch.empty_like(grad_h))
-    dc = torch.zeros_like(dh)                              # updated in place by the kernel
-    gates_at, c_at, tanh_c_at = map(lstm_kernel.step_address, (gates, c, tanh_c))
-    for t in range(T - 1, -1, -1):
-        # gates[t] -> dLoss/d(pre-activations) of step t; dc to dLoss/dc_{t-1}; dh_prev = dLoss/dh_{t-1}
-        dh_prev = spare[t % 2]
-        lstm_kernel.backward_step_at(B, H4 // 4, gates_at(t), c_at(t), tanh_c_at(t), dh.data_ptr(), dc.data_ptr(),
-                                     W_h.data_ptr(), dh_prev.data_ptr() if t > 0 else 0)
-        dh = dh_prev
-    return gates
+    """dLoss/d(pre-activations) (T, B, 4H), written over `gates`: all steps in one call of the C cell."""
+    return lstm_kernel.backward(gates, c, tanh_c, grad_h, W_h)
 
 
 def _backward_torch(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,

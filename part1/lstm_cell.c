@@ -1,13 +1,13 @@
-/* One LSTM step, forward and backward, in one call each: the product with W_h and the element-wise
- * equations, with the batch rows split over the threads.
+/* The LSTM recurrence, forward and backward through all time steps, in one call each: per step the
+ * product with W_h and the element-wise equations, with the batch rows split over the threads.
  *
- * Called from lstm_kernel.py through ctypes, once per time step (the time loop stays in Python).
- * Each thread takes a block of batch rows and does everything for them: its rows of the product
- * (a small register-tiled matrix kernel below, fed from the caches: W_h is 256 KB at H = 128) and
- * then the element-wise work on those rows. So a step has one fork and join of the threads where
- * PyTorch ops would have one per operation, and the element-wise work runs on every thread. The
- * element-wise part reads and writes each element once, where separate PyTorch ops (tanh, sigmoid,
- * two multiplies, an add, ...) would each sweep the whole (B, 4H) block and pay their own dispatch.
+ * Called from lstm_kernel.py through ctypes. A batch row's step depends only on that row's own h and
+ * c of the step before, so each thread takes a block of batch rows through every step, and the
+ * threads meet once per call, not once per step (nor once per operation, as PyTorch ops would).
+ * Per step a thread does its rows of the product (a small register-tiled matrix kernel below, fed
+ * from the caches: W_h is 256 KB at H = 128) and then the element-wise work on those rows, which
+ * reads and writes each element once, where separate PyTorch ops (tanh, sigmoid, two multiplies,
+ * an add, ...) would each sweep the whole (B, 4H) block and pay their own dispatch.
  * Plain C99; the inner loops auto-vectorise. Built with -fopenmp where torch runs on a libgomp that
  * the build will share and the compiler has it, so the threads are torch's own OpenMP pool;
  * otherwise (a second runtime would fight torch's threads for the cores) for one thread.
@@ -137,37 +137,53 @@ static void backward_row(int64_t H, float *restrict row, const float *restrict c
     }
 }
 
-/* Equations (1)-(6) for one step. On entry gates holds W_x x_t + b; the product W_h h_{t-1} is
- * added here (h_prev = NULL for h_0 = 0, which adds nothing). On exit gates holds g, i, f, o after
- * their nonlinearities (the backward pass needs them), and c, tanh(c), h are written. */
-void lstm_forward_step(int64_t B, int64_t H, int threads, float *gates, const float *h_prev, const float *W_hT,
-                       const float *c_prev, float *c, float *tanh_c, float *h) {
+/* Equations (1)-(6) for every step. gates (T, B, 4H) holds W_x x_t + b on entry; per step the product
+ * W_h h_{t-1} is added (h_0 = 0 adds nothing), and gates leaves holding g, i, f, o after their
+ * nonlinearities (the backward pass needs them). c and h (T + 1, B, H) with c[0] = h[0] = 0, and
+ * tanh_c (T, B, H), are filled in. */
+void lstm_forward(int64_t T, int64_t B, int64_t H, int threads, float *gates, const float *W_hT, float *c,
+                  float *tanh_c, float *h) {
     threads = threads_for(B, threads);
     #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int k = 0; k < threads; k++) {
         int64_t r0, r1;
         row_block(B, threads, k, &r0, &r1);
-        if (h_prev != NULL)
-            gemm(r1 - r0, 4 * H, H, h_prev + r0 * H, H, W_hT, 4 * H, gates + r0 * 4 * H, 4 * H, 1);
-        for (int64_t b = r0; b < r1; b++)
-            forward_row(H, gates + b * 4 * H, c_prev + b * H, c + b * H, tanh_c + b * H, h + b * H);
+        for (int64_t t = 0; t < T; t++) {
+            float *g = gates + t * B * 4 * H;
+            const float *c_prev = c + t * B * H, *h_prev = h + t * B * H;
+            if (t > 0)
+                gemm(r1 - r0, 4 * H, H, h_prev + r0 * H, H, W_hT, 4 * H, g + r0 * 4 * H, 4 * H, 1);
+            for (int64_t b = r0; b < r1; b++)
+                forward_row(H, g + b * 4 * H, c_prev + b * H, c + (t + 1) * B * H + b * H,
+                            tanh_c + t * B * H + b * H, h + (t + 1) * B * H + b * H);
+        }
     }
 }
 
-/* The chain rule back through one step. On entry gates holds g, i, f, o of the step, dh = dL/dh_t
- * and dc = dL/dc_t from the later steps (not yet including the path through h_t). On exit gates
- * holds dL/d(pre-activations) (B, 4H), dc = dL/dc_{t-1}, and dh_prev = dL/dh_{t-1} = grad_a W_h
- * (not written when NULL: the first step, whose h_0 is no parameter). */
-void lstm_backward_step(int64_t B, int64_t H, int threads, float *gates, const float *c_prev, const float *tanh_c,
-                        const float *dh, float *dc, const float *W_h, float *dh_prev) {
+/* The chain rule back through every step. On entry gates holds each step's g, i, f, o, dh = dL/dh_T
+ * and dc = 0; on exit gates holds dL/d(pre-activations) (T, B, 4H). Per step, from the last: dc gains
+ * the path through h_t, the four gradients are written over the gates, dc becomes dL/dc_{t-1} and
+ * dh becomes dL/dh_{t-1} = grad_a W_h (the first step's is not needed: h_0 is no parameter), written
+ * into spare, which then swaps with dh. dh and spare are (B, H) and both are overwritten. */
+void lstm_backward(int64_t T, int64_t B, int64_t H, int threads, float *gates, const float *c, const float *tanh_c,
+                   float *dh, float *spare, float *dc, const float *W_h) {
     threads = threads_for(B, threads);
     #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int k = 0; k < threads; k++) {
         int64_t r0, r1;
         row_block(B, threads, k, &r0, &r1);
-        for (int64_t b = r0; b < r1; b++)
-            backward_row(H, gates + b * 4 * H, c_prev + b * H, tanh_c + b * H, dh + b * H, dc + b * H);
-        if (dh_prev != NULL)
-            gemm(r1 - r0, H, 4 * H, gates + r0 * 4 * H, 4 * H, W_h, H, dh_prev + r0 * H, H, 0);
+        float *d_h = dh, *d_prev = spare;
+        for (int64_t t = T - 1; t >= 0; t--) {
+            float *g = gates + t * B * 4 * H;
+            for (int64_t b = r0; b < r1; b++)
+                backward_row(H, g + b * 4 * H, c + t * B * H + b * H, tanh_c + t * B * H + b * H, d_h + b * H,
+                             dc + b * H);
+            if (t > 0) {
+                gemm(r1 - r0, H, 4 * H, g + r0 * 4 * H, 4 * H, W_h, H, d_prev + r0 * H, H, 0);
+                float *swap = d_h;
+                d_h = d_prev;
+                d_prev = swap;
+            }
+        }
     }
 }

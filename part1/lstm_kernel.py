@@ -15,13 +15,15 @@ Two layers, each with a fast variant and a plain PyTorch one that computes the s
 The matmul layer serves the "torch" cell only: the "c" cell does its own products.
 
 Which variant wins depends on the CPU and the thread count (part1/results/bench.txt times them
-all on the machine it names). So nothing is assumed: at first use for a shape, both variants are
-timed for a few milliseconds (interleaved, the fastest of several rounds, since another job on the
-machine only ever adds time: a median under load once picked the cell that is twice as slow
-alone; on inputs drawn from a private torch.Generator so the global RNG and thus seeded training
-are untouched); the plain variant is kept for the rest of the process only if it is clearly
-faster (PLAIN_MARGIN), so that a close call does not flip between runs. `describe()` reports the
-choices, their timings and any fallback.
+all on the machine it names). So nothing is assumed: the choices are made in one place,
+lstm_bptt.plan, which asks `decide` for each layer. At the first request for a shape, `decide`
+times both variants for a few milliseconds, interleaved, and compares the fastest of several
+rounds of each: another job on the machine only ever adds time, so the minimum measures the
+variant itself where a median measures the load as well. The inputs come from a private
+torch.Generator, so the global RNG and thus seeded training are untouched. The plain variant is
+kept for the rest of the process only if it is clearly faster (PLAIN_MARGIN), so that a close
+call does not flip between runs. `describe()` reports the choices, their timings and any
+fallback; it chooses nothing.
 
 A fast variant that cannot run (no C compiler, a failed build, the private operators missing or
 disagreeing with torch.mm) is reported once per process in one line on stderr, and the plain
@@ -33,6 +35,9 @@ runs whose timings pick different variants agree only to float rounding):
 
     CS324_LSTM_CELL=auto|c|torch        (default auto: timed)
     CS324_LSTM_MATMUL=auto|onednn|mm    (default auto: timed)
+
+All that the module learns in a process (the built cell, the probes, the fallbacks, the timed
+choices, the packed weights) lives in one object, KERNELS; a test swaps in a fresh Kernels().
 """
 from __future__ import annotations
 
@@ -40,11 +45,13 @@ import contextlib
 import ctypes
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,6 +62,7 @@ SOURCE = Path(__file__).resolve().parent / "lstm_cell.c"
 # Arm), then portable code. The maths flags let the clamps and the polynomial in exp_approx vectorise
 # into min/max and fused multiply-adds (about 3x faster than without; see lstm_cell.c on NaN).
 FLAG_SETS = (["-march=native"], ["-mcpu=native"], [])
+BUILD_TIMEOUT_S = 60.0  # a compiler that takes longer is taken to hang: the C cell is then not used
 COMMON = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-ffinite-math-only", "-fno-signed-zeros",
           "-shared", "-fPIC"]
 
@@ -69,45 +77,51 @@ PLAIN_MARGIN = 0.85
 TIMING_BUDGET_S = 0.004  # per decision; at least MIN_ROUNDS rounds whatever it costs
 MIN_ROUNDS, MAX_ROUNDS = 5, 40
 
-_lib: ctypes.CDLL | None = None
-_tried = False
-_openmp = False                          # whether the C cell was built with OpenMP (torch's threads)
-_openmp_why = ""                         # if not, why not
-_onednn: bool | None = None
-_unavailable: dict[str, str] = {}        # layer -> why its fast variant cannot run
-_warned: set[str] = set()
-_decisions: dict[tuple[str, tuple[int, ...]], dict] = {}  # (layer, shape) -> {"choice", "us"}
-_override: dict[str, str] = {}           # set by forcing(); wins over the environment
-_packed: dict[tuple[int, int, int], torch.Tensor] = {}  # (N, K, batch size) -> a weight in oneDNN's layout
+
+@dataclass
+class Kernels:
+    """What the fast path has learnt in this process; KERNELS is the one instance."""
+    lib: ctypes.CDLL | None = None       # the compiled C cell
+    build_tried: bool = False            # a failed build is not retried
+    openmp: bool = False                 # whether the C cell was built with OpenMP (torch's threads)
+    openmp_why: str = ""                 # if not, why not
+    onednn: bool | None = None           # whether the private oneDNN operators work; None: not probed yet
+    unavailable: dict[str, str] = field(default_factory=dict)  # layer -> why its fast variant cannot run
+    warned: set[str] = field(default_factory=set)              # layers whose fallback has been reported on stderr
+    decisions: dict[tuple[str, tuple[int, ...]], dict] = field(default_factory=dict)  # (layer, shape) -> {"choice", "us"}
+    override: dict[str, str] = field(default_factory=dict)     # set by forcing(); wins over the environment
+    packed: dict[tuple[int, int, int], torch.Tensor] = field(default_factory=dict)  # (N, K, batch size) -> oneDNN layout
+
+
+KERNELS = Kernels()
 
 
 # --- the C cell ---------------------------------------------------------------------------------
 
-def _build() -> tuple[ctypes.CDLL | None, str]:
-    """The compiled cell, or None and the reason it could not be had."""
-    global _openmp, _openmp_why
+def _build() -> tuple[ctypes.CDLL | None, str, str]:
+    """(the compiled cell or None, why not, why it runs on one thread rather than torch's OpenMP threads);
+    '' where there is nothing to say."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
-        return None, "no C compiler found: set CC"
+        return None, "no C compiler found: set CC", ""
     # A fresh folder per process: nothing cached can be stale or built for another CPU.
     out = Path(tempfile.mkdtemp(prefix="lstm_cell_"))
     try:
-        lib, _openmp_why = None, _shared_libgomp()
-        if not _openmp_why:
+        lib, openmp_why = None, _shared_libgomp()
+        if not openmp_why:
             lib, failure = _compile_and_load(compiler, ["-fopenmp"], out / "lstm_cell_omp.so")
-            _openmp_why = "" if lib is not None else f"the build with -fopenmp failed: {failure}"
+            openmp_why = "" if lib is not None else f"the build with -fopenmp failed: {failure}"
         if lib is None:
             lib, failure = _compile_and_load(compiler, [], out / "lstm_cell.so")
         if lib is None:
-            return None, failure
-        _openmp = not _openmp_why
+            return None, failure, openmp_why
     finally:
         shutil.rmtree(out, ignore_errors=True)  # once loaded, the file is no longer needed (POSIX)
     i64, c_int, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    lib.lstm_forward_step.argtypes = [i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.lstm_backward_step.argtypes = [i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.lstm_forward_step.restype = lib.lstm_backward_step.restype = None
-    return lib, ""
+    lib.lstm_forward.argtypes = [i64, i64, i64, c_int, ptr, ptr, ptr, ptr, ptr]
+    lib.lstm_backward.argtypes = [i64, i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.lstm_forward.restype = lib.lstm_backward.restype = None
+    return lib, "", openmp_why
 
 
 def _compile_and_load(compiler: str, openmp: list[str], out: Path) -> tuple[ctypes.CDLL | None, str]:
@@ -115,18 +129,38 @@ def _compile_and_load(compiler: str, openmp: list[str], out: Path) -> tuple[ctyp
     for flags in FLAG_SETS:
         cmd = [compiler, *COMMON, *openmp, *flags, str(SOURCE), "-o", str(out), "-lm"]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            code, stderr = _run_with_time_limit(cmd, BUILD_TIMEOUT_S)
+        except OSError as exc:
             return None, f"cannot run {compiler}: {exc}"
-        if done.returncode == 0:
+        if code is None:
+            return None, f"{compiler} did not finish building lstm_cell.c within {BUILD_TIMEOUT_S:g} s"
+        if code == 0:
             break
     else:
-        first = (done.stderr.strip().splitlines() or ["no message"])[0][:160]
+        first = (stderr.strip().splitlines() or ["no message"])[0][:160]
         return None, f"{compiler} failed to build lstm_cell.c: {first}"
     try:
         return ctypes.CDLL(str(out)), ""
     except OSError as exc:
         return None, f"the built lstm_cell.so does not load: {exc}"
+
+
+def _run_with_time_limit(cmd: list[str], seconds: float) -> tuple[int | None, str]:
+    """(exit code, stderr) of cmd, or (None, "") when it outlives `seconds`. It runs in a session of its
+    own, which is killed whole: a compiler's child that hangs would otherwise keep its pipe open, and
+    the wait for its output would never end."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None, ""
+        err.seek(0)
+        return code, err.read().decode(errors="replace")
 
 
 def _shared_libgomp() -> str:
@@ -149,13 +183,14 @@ def _shared_libgomp() -> str:
 
 def load() -> ctypes.CDLL | None:
     """The compiled cell (built once per process), or None where it cannot be had (see describe())."""
-    global _lib, _tried
-    if not _tried:
-        _tried = True
-        _lib, reason = _build()
-        if _lib is None:
-            _unavailable["cell"] = reason
-    return _lib
+    k = KERNELS
+    if not k.build_tried:
+        k.build_tried = True
+        k.lib, reason, k.openmp_why = _build()
+        k.openmp = k.lib is not None and not k.openmp_why
+        if k.lib is None:
+            k.unavailable["cell"] = reason
+    return k.lib
 
 
 def applies(t: torch.Tensor) -> bool:
@@ -163,34 +198,24 @@ def applies(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32
 
 
-def forward_step(gates: torch.Tensor, h_prev: torch.Tensor | None, W_hT: torch.Tensor, c_prev: torch.Tensor,
-                 c: torch.Tensor, tanh_c: torch.Tensor, h: torch.Tensor) -> None:
-    """gates (B, 4H): W_x x_t + b in, g, i, f, o out, after adding h_prev W_h^T (None: h_0 = 0);
-    W_hT is W_h^T (H, 4H); writes c, tanh(c), h (B, H). All contiguous float32 on the CPU; load()
-    must have succeeded."""
-    B, H = c.shape
-    forward_step_at(B, H, gates.data_ptr(), 0 if h_prev is None else h_prev.data_ptr(), W_hT.data_ptr(),
-                    c_prev.data_ptr(), c.data_ptr(), tanh_c.data_ptr(), h.data_ptr())
+def forward(gates: torch.Tensor, W_hT: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, h: torch.Tensor) -> None:
+    """Equations (1)-(6) for all steps: gates (T, B, 4H) holds W_x x_t + b and leaves holding g, i, f, o;
+    c, h (T + 1, B, H) with c[0] = h[0] = 0 and tanh_c (T, B, H) are filled in; W_hT is W_h^T (H, 4H).
+    All contiguous float32 on the CPU; load() must have succeeded."""
+    T, B, H4 = gates.shape
+    KERNELS.lib.lstm_forward(T, B, H4 // 4, torch.get_num_threads(), gates.data_ptr(), W_hT.data_ptr(),
+                             c.data_ptr(), tanh_c.data_ptr(), h.data_ptr())
 
 
-def step_address(block: torch.Tensor) -> Callable[[int], int]:
-    """t -> the address of block[t] for a contiguous (T, ...) block: the time loops pass these to the C
-    cell instead of making a view of each step (the views cost more than the cell at batch 128)."""
-    base, stride = block.data_ptr(), block.stride(0) * block.element_size()
-    return lambda t: base + t * stride
-
-
-def forward_step_at(B: int, H: int, gates: int, h_prev: int, W_hT: int, c_prev: int, c: int, tanh_c: int,
-                    h: int) -> None:
-    """forward_step on addresses (step_address) of contiguous float32 blocks; h_prev 0 for h_0 = 0."""
-    _lib.lstm_forward_step(B, H, torch.get_num_threads(), gates, h_prev or None, W_hT, c_prev, c, tanh_c, h)
-
-
-def backward_step_at(B: int, H: int, gates: int, c_prev: int, tanh_c: int, dh: int, dc: int, W_h: int,
-                     dh_prev: int) -> None:
-    """In place: gates (B, 4H) g, i, f, o -> dL/d(pre-activations); dc from dL/dc_t to dL/dc_{t-1};
-    writes dh_prev = dL/dh_{t-1} (B, H) unless it is 0. W_h (4H, H) contiguous."""
-    _lib.lstm_backward_step(B, H, torch.get_num_threads(), gates, c_prev, tanh_c, dh, dc, W_h, dh_prev or None)
+def backward(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
+             W_h: torch.Tensor) -> torch.Tensor:
+    """In place: gates (T, B, 4H) holding g, i, f, o becomes dL/d(pre-activations), from dL/dh_T = grad_h
+    (B, H); returned. W_h (4H, H) contiguous."""
+    T, B, H4 = gates.shape
+    dh, spare, dc = grad_h.clone(), torch.empty_like(grad_h), torch.zeros_like(grad_h)
+    KERNELS.lib.lstm_backward(T, B, H4 // 4, torch.get_num_threads(), gates.data_ptr(), c.data_ptr(),
+                              tanh_c.data_ptr(), dh.data_ptr(), spare.data_ptr(), dc.data_ptr(), W_h.data_ptr())
+    return gates
 
 
 # --- oneDNN through private PyTorch operators ----------------------------------------------------
@@ -218,13 +243,13 @@ def _onednn_probe() -> str:
 
 def onednn_available() -> bool:
     """Whether the private oneDNN operators work here (checked once per process; see describe())."""
-    global _onednn
-    if _onednn is None:
+    k = KERNELS
+    if k.onednn is None:
         reason = _onednn_probe()
-        _onednn = not reason
+        k.onednn = not reason
         if reason:
-            _unavailable["matmul"] = reason
-    return _onednn
+            k.unavailable["matmul"] = reason
+    return k.onednn
 
 
 def _pack(weight: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -235,21 +260,18 @@ def _pack(weight: torch.Tensor, batch_size: int) -> torch.Tensor:
     made it, so one buffer per shape is enough (for one thread: two threads running LSTMs of the
     same size at once would need one each).
     """
-    key = (*weight.shape, batch_size)
-    packed = _packed.get(key)
+    key, kept = (*weight.shape, batch_size), KERNELS.packed
+    packed = kept.get(key)
     if packed is None:  # PRIVATE operator; tested with torch 2.11 and 2.14.1
-        packed = _packed[key] = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
+        packed = kept[key] = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
     else:
         packed.copy_(weight.contiguous().to_mkldnn())
     return packed
 
 
-def linear(weight: torch.Tensor, batch_size: int, impl: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (batch_size, K) -> x @ weight.T for a fixed weight (N, K), through `impl` ("onednn" or "mm";
-    None: the choice for this shape). "onednn" packs the weight once here, not once per product."""
-    N, K = weight.shape
-    if impl is None:
-        impl = matmul_choice(batch_size, K, N)
+def linear(weight: torch.Tensor, batch_size: int, impl: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (batch_size, K) -> x @ weight.T for a fixed weight (N, K), through `impl` ("onednn" or "mm", as
+    lstm_bptt.plan chose). "onednn" packs the weight once here, not once per product."""
     if impl == "onednn":
         packed = _pack(weight, batch_size)
         # PRIVATE operator; tested with torch 2.11 and 2.14.1
@@ -271,8 +293,8 @@ def _setting_error(message: str) -> Exception:
 
 def forced(layer: str) -> str:
     """'auto' or the variant of `layer` that forcing() or the environment asks for."""
-    if layer in _override:
-        return _override[layer]
+    if layer in KERNELS.override:
+        return KERNELS.override[layer]
     value = os.environ.get(ENV[layer], "auto").strip().lower() or "auto"
     if value not in ("auto", *LAYERS[layer]):
         raise _setting_error(f"{ENV[layer]} must be auto, {' or '.join(LAYERS[layer])}, got {value!r}")
@@ -291,22 +313,24 @@ def forcing(cell: str = "auto", matmul: str = "auto") -> Iterator[None]:
     for layer, value in (("cell", cell), ("matmul", matmul)):
         if value not in ("auto", *LAYERS[layer]):
             raise ValueError(f"forcing: {layer} must be auto, {' or '.join(LAYERS[layer])}, got {value!r}")
-    saved = dict(_override)
-    _override.update({k: v for k, v in (("cell", cell), ("matmul", matmul)) if v != "auto"})
+    override = KERNELS.override
+    saved = dict(override)
+    override.update({k: v for k, v in (("cell", cell), ("matmul", matmul)) if v != "auto"})
     try:
         yield
     finally:
-        _override.clear()
-        _override.update(saved)
+        override.clear()
+        override.update(saved)
 
 
 def _fast_available(layer: str) -> bool:
     """Whether the fast variant can run; if not, says so once per process on stderr."""
     ok = load() is not None if layer == "cell" else onednn_available()
-    if not ok and layer not in _warned:
-        _warned.add(layer)
+    if not ok and layer not in KERNELS.warned:
+        KERNELS.warned.add(layer)
         name = "C cell" if layer == "cell" else "oneDNN matmul"
-        print(f"lstm fast path: {name} unavailable ({_unavailable[layer]}); {COST[layer]}", file=sys.stderr, flush=True)
+        why = KERNELS.unavailable[layer]
+        print(f"lstm fast path: {name} unavailable ({why}); {COST[layer]}", file=sys.stderr, flush=True)
     return ok
 
 
@@ -334,19 +358,20 @@ def time_interleaved(candidates: dict[str, Callable[[], object]], budget_s: floa
 def decide(layer: str, shape: tuple[int, ...], make_candidates: Callable[[], dict[str, Callable[[], object]]]) -> str:
     """The variant of `layer` to use at `shape`: forced, the plain one if the fast one cannot run,
     else the plain one only if make_candidates() (one call of each variant) times it under
-    PLAIN_MARGIN of the fast one's time; timed once and kept."""
+    PLAIN_MARGIN of the fast one's time; timed once and kept. Called by lstm_bptt.plan, the one
+    place the choices are made."""
     want = forced(layer)
     fast, plain = LAYERS[layer]
     if want == plain or not _fast_available(layer):
         return plain
     if want == fast:
         return fast
-    key = (layer, shape)
-    if key not in _decisions:
+    key, decisions = (layer, shape), KERNELS.decisions
+    if key not in decisions:
         us = time_interleaved(make_candidates(), statistic=min)
         choice = plain if us[plain] < PLAIN_MARGIN * us[fast] else fast
-        _decisions[key] = {"choice": choice, "us": {k: round(v, 1) for k, v in us.items()}}
-    return _decisions[key]["choice"]
+        decisions[key] = {"choice": choice, "us": {k: round(v, 1) for k, v in us.items()}}
+    return decisions[key]["choice"]
 
 
 def matmul_candidates(batch_size: int, K: int, N: int) -> dict[str, Callable[[], object]]:
@@ -358,39 +383,36 @@ def matmul_candidates(batch_size: int, K: int, N: int) -> dict[str, Callable[[],
 
 
 def matmul_choice(batch_size: int, K: int, N: int) -> str:
-    """'onednn' or 'mm' for products (batch_size, K) x (K, N) of float32 CPU tensors."""
+    """'onednn' or 'mm' for products (batch_size, K) x (K, N) of float32 CPU tensors (for lstm_bptt.plan)."""
     return decide("matmul", (batch_size, K, N), lambda: matmul_candidates(batch_size, K, N))
 
 
-def describe(batch_size: int | None = None, hidden_dim: int | None = None,
-             device: str | torch.device = "cpu") -> dict:
-    """The fast path's variants for a run's log and metrics.json.
+# --- reporting ----------------------------------------------------------------------------------
 
-    Given the batch and hidden sizes of a CPU run, first makes the choices its training steps will
-    make (kept, so training reuses them: a few milliseconds). Returns {"cell", "matmul"} (a variant,
-    "a+b" where shapes chose differently, or "undecided"; matmul "c" with the C cell, which does its
-    own products), how each was chosen, the timings in
+def describe(device: str | torch.device = "cpu") -> dict:
+    """The fast path's variants so far, for a run's log and metrics.json; times nothing (lstm_bptt.plan
+    makes the choices).
+
+    Returns {"cell", "matmul"} (a variant, "a+b" where shapes chose differently, or "undecided"; matmul
+    "c" with the C cell, which does its own products), how each was chosen, the timings in
     microseconds per shape, and the reason for each fallback.
     """
     if torch.device(device).type != "cpu":
         return {"cell": "torch", "matmul": "mm", "how": {"cell": "not a CPU run", "matmul": "not a CPU run"},
                 "timings_us": {}, "fallbacks": {}}
-    if batch_size is not None and hidden_dim is not None:
-        import lstm_bptt  # here, not at the top: lstm_bptt imports this module
-        lstm_bptt.plan(batch_size, hidden_dim)
+    k = KERNELS
     summary, how = {}, {}
     for layer, (fast, plain) in LAYERS.items():
         want = forced(layer)
         if want == plain or (want == fast and _fast_available(layer)):
-            summary[layer], how[layer] = want, "forced" + ("" if layer in _override else f" by {ENV[layer]}")
-        elif layer in _unavailable:
+            summary[layer], how[layer] = want, "forced" + ("" if layer in k.override else f" by {ENV[layer]}")
+        elif layer in k.unavailable:
             summary[layer], how[layer] = plain, "fallback"
         else:
-            chosen = sorted({d["choice"] for (lay, _), d in _decisions.items() if lay == layer})
+            chosen = sorted({d["choice"] for (lay, _), d in k.decisions.items() if lay == layer})
             summary[layer], how[layer] = "+".join(chosen) or "undecided", "timed"
     if summary["cell"] == "c":  # the C cell does its own products; the matmul layer serves only the other
         summary["matmul"], how["matmul"] = "c", "in the C cell, " + (
-            "on torch's OpenMP threads" if _openmp else f"on one thread: {_openmp_why}")
-    timings = {f"{layer} {'x'.join(map(str, shape))}": d["us"] for (layer, shape), d in _decisions.items()}
-    return {**summary, "how": how, "timings_us": timings,
-            "fallbacks": dict(_unavailable)}
+            "on torch's OpenMP threads" if k.openmp else f"on one thread: {k.openmp_why}")
+    timings = {f"{layer} {'x'.join(map(str, shape))}": d["us"] for (layer, shape), d in k.decisions.items()}
+    return {**summary, "how": how, "timings_us": timings, "fallbacks": dict(k.unavailable)}

@@ -1,8 +1,8 @@
-"""The setup part1.ipynb imports: the repository root on sys.path, and the notebook's inputs from environment variables.
+"""The setup part1.ipynb imports: the notebook's inputs from environment variables.
 
-The notebook's first cell puts part1/ on sys.path ($PART1_DIR, else the part1/ folder in the working
-folder or the nearest folder above it, so the notebook runs from anywhere inside the repository) and
-imports this module. Inputs, with the committed results as defaults:
+The notebook's first cell puts part1/ and the repository root on sys.path ($PART1_DIR, else the
+part1/ folder in the working folder or the nearest folder above it, so the notebook runs from
+anywhere inside the repository) and imports this module. Inputs, with the committed results as defaults:
 
     PART1_RESULTS  a folder holding train_len20/ and compare/ (default part1/results/)
     PART1_STEPS    the step budget of each run of the live re-run (default 1500)
@@ -10,10 +10,8 @@ imports this module. Inputs, with the committed results as defaults:
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import repo_relative as shown  # noqa: F401  paths as printed: repository-relative
 
 PART1 = Path(__file__).resolve().parent

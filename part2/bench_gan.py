@@ -30,19 +30,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import (
-    OneLineParser,
-    UserError,
-    check_threads,
-    machine_line,
-    pick_device,
-    run_cli,
-    set_seed,
-)
-from models import Dropout
-from my_gan import Config, build_models, make_optimizers, train_step, update_ema
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from cpu_threads import machine_line
+from cs324_utils import OneLineParser, UserError, check_threads, pick_device, run_cli, set_seed
+from models import Discriminator, Dropout, Generator
+from my_gan import Config, adam, train_step
 from pick_precision import autocast_factory
+from stabilisers import WeightAverage
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,7 +73,7 @@ def conventional_loop(data_dir: str, batch_size: int, latent_dim: int, device: t
 
     next_batch = loader_batches(data_dir, batch_size, device)
     recipe = Config(latent_dim=latent_dim)
-    G, D, _ = build_models(recipe, device)
+    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
     for i, module in enumerate(D.net):  # the stock module, not models.Dropout's cheaper mask
         if isinstance(module, torch.nn.Dropout):
             D.net[i] = torch.nn.Dropout(module.p)
@@ -113,7 +107,7 @@ def plain_loop(data_dir: str, batch_size: int, latent_dim: int, device: torch.de
     PyTorch-GAN's gan.py (DataLoader with per-sample ToTensor/Normalize, float32, no stabilisers,
     one G forward per batch, G updated first, both losses read every iteration)."""
     next_batch = loader_batches(data_dir, batch_size, device)
-    G, D, _ = build_models(Config(latent_dim=latent_dim, d_dropout=0.0, ema=0.0), device)
+    G, D = Generator(latent_dim).to(device), Discriminator(0.0).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
 
@@ -142,8 +136,9 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
     """One call = one iteration of my_gan.py's loop (gather from the on-device set, train_step, EMA);
     also returns the models and optimisers it trains (breakdown hooks into them)."""
     recipe = Config(latent_dim=latent_dim)
-    G, D, ema = build_models(recipe, device)
-    opt_g, opt_d = make_optimizers(G, D, 2e-4, device)
+    G, D = Generator(latent_dim).to(device), Discriminator(recipe.d_dropout).to(device)
+    average = WeightAverage(G, recipe.ema, recipe.seed)
+    opt_g, opt_d = adam(G, 2e-4, device), adam(D, 2e-4, device)
     autocast = autocast_factory(precision, device)
     n = images.shape[0]
     gen = torch.Generator().manual_seed(0)
@@ -155,8 +150,7 @@ def our_loop(images: torch.Tensor, batch_size: int, latent_dim: int, precision: 
         b = state["b"]
         real = images[state["perm"][b * batch_size:(b + 1) * batch_size]]
         train_step(G, D, opt_g, opt_d, real, autocast, 1.0 - recipe.label_smoothing)
-        if ema is not None:
-            update_ema(ema, G, recipe.ema, first=state["iteration"] == 0)
+        average.update(first=state["iteration"] == 0)
         state["b"] += 1
         state["iteration"] += 1
 

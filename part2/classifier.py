@@ -7,14 +7,13 @@ downloaded from the internet and was made for 299x299 colour photographs, not
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, all_finite, atomic_save, safe_load
+from cs324_utils import UserError, all_finite, atomic_save
+from file_checks import read_checkpoint
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,22 +59,21 @@ def save_classifier(model: DigitClassifier, path: str | Path, info: dict | None 
 
 
 def load_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> DigitClassifier:
-    """DigitClassifier in eval mode from a file of save_classifier (default: the committed results/classifier.pt)."""
+    """DigitClassifier in eval mode from a file of save_classifier (default: the committed results/classifier.pt);
+    every field checked (a damaged or hand-edited file is one line naming the field)."""
     path = Path(path) if path is not None else DEFAULT_CLASSIFIER
     if not path.is_file():
         raise UserError(f"classifier file not found: {path} (make one with: python part2/train_classifier.py "
                         f"--out {path})")
-    obj = safe_load(path, "classifier file")
-    if obj.get("kind") != KIND or not isinstance(obj.get("state_dict"), dict):
+    ckpt = read_checkpoint(path, "classifier file")
+    if ckpt.raw("kind", None) != KIND:
         raise UserError(f"{path} is not a digit classifier file of this repository (made by train_classifier.py)")
     model = DigitClassifier()
-    try:
-        model.load_state_dict(obj["state_dict"])
-    except RuntimeError:
-        raise UserError(f"{path} holds weights that do not fit DigitClassifier (retrain with train_classifier.py)") from None
-    if not all_finite(obj["state_dict"]):
-        raise UserError(f"{path} holds non-finite weights (retrain with train_classifier.py)")
-    model.info = obj.get("info", {})  # type: ignore[attr-defined]  # kept for score metadata
+    model.load_state_dict(ckpt.state_dict("state_dict", model))  # names, shapes, finite
+    info = ckpt.fields("info") if ckpt.has("info") else None
+    if info is not None and info.raw("test_accuracy", None) is not None:
+        info.number("test_accuracy", 0, 1)  # it goes into scores.json's meta
+    model.info = {} if info is None else info.obj  # type: ignore[attr-defined]  # kept for score metadata
     return model.to(device).eval()
 
 

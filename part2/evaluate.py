@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from classifier import DEFAULT_CLASSIFIER, FEATURE_DIM, N_CLASSES, DigitClassifier, classify, load_classifier
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
     OneLineParser,
     UserError,
@@ -93,7 +92,7 @@ def score_generators(paths: dict[str, Path], data_dir: str | Path, classifier_pa
     result["meta"] = {
         "generators": {name: repo_relative(path) for name, path in paths.items()},
         "classifier": repo_relative(classifier_path or DEFAULT_CLASSIFIER),
-        "classifier_test_accuracy": getattr(classifier, "info", {}).get("test_accuracy"),
+        "classifier_test_accuracy": classifier.info.get("test_accuracy"),  # checked by load_classifier
         "reference": f"{test_images.shape[0]} MNIST test images",
         "real": f"{result['real']['n']} random MNIST training images (seed {seed})",
         "data_dir": str(data_dir),
@@ -142,17 +141,14 @@ def format_table(result: dict) -> str:
 
 
 def output_path(target: Path, out: str | None) -> Path:
-    """Where the scores go: --out, else RUN_DIR/scores.json or FILE_scores.json; its folder is checked before work."""
+    """Where the scores go: --out, else RUN_DIR/scores.json or FILE_scores.json (nothing is created here)."""
     if out is None:
-        path = target / "scores.json" if target.is_dir() else target.with_name(f"{target.stem}_scores.json")
-        check_writable_dir(path.parent, "output folder")
-        return path
+        return target / "scores.json" if target.is_dir() else target.with_name(f"{target.stem}_scores.json")
     path = Path(out)
     if path.is_dir():
         raise UserError(f"--out {path} is a folder; give a file path such as {path / 'scores.json'}")
     if path.suffix != ".json":  # so a slip of the keyboard cannot write JSON over a generator file
         raise UserError(f"--out must name a .json file, got {path}")
-    check_writable_dir(path.parent, "--out")
     return path
 
 
@@ -165,7 +161,8 @@ def evaluate(args: argparse.Namespace) -> None:
         raise UserError(f"not found: {target} (give a my_gan.py run folder or a generator .pt file)")
     out = output_path(target, args.out)
     for path in {out, target / "scores.json"} if target.is_dir() else {out}:
-        refuse_replacing(path, args.overwrite)
+        refuse_replacing(path, args.overwrite)  # before the probe below, which creates the folder
+    check_writable_dir(out.parent, "--out" if args.out is not None else "output folder")  # before minutes of work
     if target.is_dir():  # score_run writes RUN_DIR/scores.json itself
         result = score_run(target, args.data_dir, args.classifier, device, args.n_samples, args.seed, args.download)
     else:
@@ -190,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the latents and of the real subset (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--out", default=None, help="also write the JSON here (default: RUN_DIR/scores.json, or FILE_scores.json next to FILE)")
-    p.add_argument("--overwrite", action="store_true", help="replace score files that exist (committed ones too)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace score files that exist; needed to write into part2/results")
     args = p.parse_args(argv)
     run_cli(PROG, lambda: evaluate(args))
 

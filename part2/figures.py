@@ -4,8 +4,8 @@
 
 writes RUN_DIR/grids_over_training.png (or --out): grid_start.png, grid_half.png and grid_end.png, the
 5x5 samples my_gan.py draws from one fixed noise batch, side by side, each enlarged pixel for pixel
-(--scale times) and titled with the iteration it was drawn at (from the run's config.json, else the
-last row of losses.csv). An existing PNG is replaced only with --overwrite.
+(--scale times) and titled with the iteration it was drawn at (recorded in the run's config.json; for a
+run without those records, the last row of losses.csv). An existing PNG is replaced only with --overwrite.
 
 task2.ipynb draws that figure and the others here: the grids sampled from the saved generators,
 the loss curves, and the class histograms of scores.json.
@@ -13,7 +13,6 @@ the loss curves, and the class histograms of scores.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no backend switched under a notebook
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from cs324_utils import OneLineParser, UserError, atomic_write, refuse_replacing, run_cli
-from run_folder import SNAPSHOTS, read_csv_rows
+from file_checks import Fields, read_json
+from gan_run import SNAPSHOTS, read_losses
 
 PROG = "figures.py"
 FILE = "grids_over_training.png"
@@ -42,25 +42,24 @@ GAP, TITLE_BAND, SUPTITLE_BAND = 24, 34, 34
 def stage_iterations(run_dir: Path) -> dict[str, tuple[int, float | None] | None]:
     """(iteration, epoch or None) at which my_gan.py saved each snapshot, None where the run cannot say.
 
-    The end is n_epochs x iterations_per_epoch from config.json (my_gan.py's halfway is half of it,
-    rounded down), else the last row of losses.csv, which my_gan.py writes at the last iteration.
+    my_gan.py records the halfway and last iterations in config.json (half_iteration, total_iterations).
+    A folder whose config.json does not record them, or that has none, falls back to the last row of
+    losses.csv, which my_gan.py writes at the last iteration, and to my_gan.py's halfway rule.
+    A damaged config.json or losses.csv, or a field of the wrong type, is one line naming it.
     """
-    run_dir, config = Path(run_dir), {}
-    if (run_dir / "config.json").is_file():
-        try:
-            config = json.loads((run_dir / "config.json").read_text())
-        except (ValueError, OSError):
-            config = {}
-    per_epoch = config.get("iterations_per_epoch")
-    if isinstance(config.get("n_epochs"), int) and isinstance(per_epoch, int) and per_epoch > 0:
-        end = config["n_epochs"] * per_epoch
+    path = Path(run_dir) / "config.json"
+    config = read_json(path, "config.json") if path.is_file() else Fields({}, path)
+    per_epoch = config.int("iterations_per_epoch", 1) if config.has("iterations_per_epoch") else None
+    if config.has("total_iterations"):
+        end = config.int("total_iterations", 1)
+        half = config.int("half_iteration", 1, end)
     else:
-        rows = read_csv_rows(run_dir / "losses.csv")
-        end, per_epoch = (int(rows[-1]["iteration"]) if rows else None), None
-    if end is None:
-        return dict.fromkeys(SNAPSHOTS)
-    return {stage: (it, it / per_epoch if per_epoch else None)
-            for stage, it in zip(SNAPSHOTS, (0, end // 2, end))}
+        rows = read_losses(Path(run_dir) / "losses.csv")
+        if not rows:
+            return dict.fromkeys(SNAPSHOTS)
+        end = int(float(rows[-1]["iteration"]))
+        half = max(end // 2, 1)  # my_gan.py's rule
+    return {stage: (it, it / per_epoch if per_epoch else None) for stage, it in zip(SNAPSHOTS, (0, half, end))}
 
 
 def stage_title(stage: str, when: tuple[int, float | None] | None) -> str:
@@ -164,7 +163,7 @@ def loss_curves(run_dir: Path) -> Figure | None:
     noise on long runs; None when there is no losses.csv."""
     import torch
 
-    rows = read_csv_rows(Path(run_dir) / "losses.csv")
+    rows = read_losses(Path(run_dir) / "losses.csv")
     if not rows:
         return None
     col = {k: torch.tensor([float(r[k]) for r in rows]) for k in rows[0]}
@@ -253,7 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help=f"the PNG to write (default: RUN_DIR/{FILE})")
     p.add_argument("--scale", type=int, default=3,
                    help=f"PNG pixels per grid pixel, {MIN_SCALE} to {MAX_SCALE} (default: 3)")
-    p.add_argument("--overwrite", action="store_true", help="replace the PNG if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the PNG if it exists; needed to write into part2/results")
     return p.parse_args(argv)
 
 

@@ -15,14 +15,14 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from classifier import FEATURE_DIM, N_CLASSES, DigitClassifier, classify, load_classifier
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
     OneLineParser,
     UserError,
     atomic_write,
     check_fits,
+    check_out,
     check_seed,
     check_writable_dir,
     pick_device,
@@ -160,13 +160,16 @@ def run(args: argparse.Namespace) -> Path:
     path = Path(args.generator)
     path = path / "generator_end.pt" if path.is_dir() else path
     folder, name = output_place(args.out, path)
+    check_out(folder, overwrite=args.overwrite)  # part2/results only when asked, before any work
+    if name is not None:
+        refuse_replacing(folder / name, args.overwrite)
     generator = load_generator(path, device)
     classifier = load_classifier(args.classifier, device)
     check_writable_dir(folder, "--out")
     result = interpolation(generator, classifier, args.from_digit, args.to_digit, args.n_images,
                            args.spherical, args.candidates, args.threshold, args.seed)
     out = folder / (name or f"interpolation_{int(result['labels'][0])}_to_{int(result['labels'][-1])}.png")
-    refuse_replacing(out, args.overwrite)
+    refuse_replacing(out, args.overwrite)  # the name, known only now, may be an earlier row's
     fig = plot_interpolation(result)
     try:
         atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--out", default=None, help="a .png file, or a folder that gets interpolation_A_to_B.png "
                    "(default: the generator's folder)")
-    p.add_argument("--overwrite", action="store_true", help="replace the PNG if it exists (a committed one too)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the PNG if it exists; needed to write into part2/results")
     args = p.parse_args(argv)
     run_cli(PROG, lambda: run(args))
 

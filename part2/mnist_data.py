@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import UserError
 
 # split -> (images file, labels file), the names torchvision reads under MNIST/raw/

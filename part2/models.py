@@ -1,17 +1,17 @@
 """Fully connected GAN for MNIST: generator, discriminator, and saving and loading a generator."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
-from cs324_utils import UserError, all_finite, atomic_save, safe_load
+from cs324_utils import UserError, all_finite, atomic_save
+from file_checks import read_checkpoint
 
 IMG_SHAPE = (1, 28, 28)
 IMG_PIXELS = 28 * 28
+MAX_LATENT_DIM = 100_000  # a file claiming more is damaged, not a generator of this repository
 
 
 class Generator(nn.Module):
@@ -103,17 +103,15 @@ def save_generator(generator: Generator, path: str | Path, half: bool = False) -
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Generator in eval mode from a file of save_generator or a training checkpoint of my_gan.py."""
-    obj = safe_load(path, "generator file")
-    if obj.get("kind") == "generator":
-        latent_dim, state = obj["latent_dim"], obj["state_dict"]
-    elif "generator" in obj and "config" in obj:
-        latent_dim, state = obj["config"]["latent_dim"], obj["generator"]
+    """Generator in eval mode from a file of save_generator or a training checkpoint of my_gan.py; every
+    field checked (a damaged or hand-edited file is one line naming the field)."""
+    ckpt = read_checkpoint(path, "generator file")
+    if ckpt.raw("kind", None) == "generator":
+        latent_dim, key = ckpt.int("latent_dim", 1, MAX_LATENT_DIM), "state_dict"
+    elif ckpt.has("generator") and ckpt.has("config"):
+        latent_dim, key = ckpt.fields("config").int("latent_dim", 1, MAX_LATENT_DIM), "generator"
     else:
         raise UserError(f"{path} is not a generator file or a GAN checkpoint of this repository")
-    generator = Generator(int(latent_dim))
-    try:
-        generator.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError:
-        raise UserError(f"{path} holds weights that do not fit this Generator (latent_dim {latent_dim})") from None
+    generator = Generator(latent_dim)
+    generator.load_state_dict(ckpt.state_dict(key, generator))  # float16 files are widened by the copy
     return generator.to(device).eval()

@@ -1,8 +1,8 @@
 """The setup task2.ipynb and task3.ipynb share: imports, and their inputs from environment variables.
 
-Each notebook's first cell puts part2/ on sys.path ($PART2_DIR, else the part2/ folder in the working
-folder or the nearest folder above it, so the notebooks run from anywhere inside the repository) and
-imports this module. Inputs, with the committed results as defaults:
+Each notebook's first cell puts part2/ and the repository root on sys.path ($PART2_DIR, else the part2/
+folder in the working folder or the nearest folder above it, so the notebooks run from anywhere inside
+the repository) and imports this module. Inputs, with the committed results as defaults:
 
     GAN_RUN_DIR     a run folder written by my_gan.py (default part2/results/gan/)
     GAN_CLASSIFIER  the digit classifier's weights (default part2/results/classifier.pt)
@@ -10,23 +10,20 @@ imports this module. Inputs, with the committed results as defaults:
 from __future__ import annotations
 
 import io
-import json
 import os
-import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from classifier import DEFAULT_CLASSIFIER
 from cs324_utils import repo_relative as shown  # noqa: F401  paths as printed: repository-relative
+from file_checks import read_json
 
 PART2 = Path(__file__).resolve().parent
 RUN_DIR = Path(os.environ.get("GAN_RUN_DIR", PART2 / "results" / "gan"))
 CLASSIFIER = Path(os.environ.get("GAN_CLASSIFIER", DEFAULT_CLASSIFIER))
 if not RUN_DIR.is_dir():
     raise FileNotFoundError(f"GAN_RUN_DIR {RUN_DIR} is not a folder; point it at a run folder of my_gan.py")
-
 
 
 def describe_run(run_dir: Path = RUN_DIR) -> None:
@@ -36,10 +33,10 @@ def describe_run(run_dir: Path = RUN_DIR) -> None:
     if not config_path.is_file():
         print("(no config.json)")
         return
-    config = json.loads(config_path.read_text())
-    if "command" in config:
-        print("trained by:", config["command"])
-    settings = [f"{k}={v}" for k, v in config.items() if k not in ("command", "out", "data_dir")]
+    config = read_json(config_path, "config.json")  # a damaged one is one line naming it
+    if config.raw("command", None) is not None:  # None: trained by a call of my_gan.train, not a command
+        print("trained by:", config.str("command"))
+    settings = [f"{k}={v}" for k, v in config.obj.items() if k not in ("command", "out", "data_dir")]
     for i in range(0, len(settings), 6):
         print("  " + ", ".join(settings[i:i + 6]))
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from classifier import DigitClassifier, classify, save_classifier
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for cs324_utils
 from cs324_utils import (
     OneLineParser,
     TrainingFailed,
@@ -30,6 +29,7 @@ from cs324_utils import (
     check_seed,
     check_writable_dir,
     pick_device,
+    refuse_replacing,
     repo_relative,
     run_cli,
     set_seed,
@@ -85,14 +85,14 @@ def validate(config: dict) -> None:
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse, before any training, an output that is not a .pt file path, that exists, or that cannot be written."""
+    """Refuse, before any training, an output that is not a .pt file path, that exists or lies in the committed
+    results (without --overwrite), or that cannot be written."""
     if out.suffix != ".pt":
         raise UserError(f"--out must name a .pt file (its .json is written beside it), got {out}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file path such as {out / 'classifier.pt'}")
-    existing = [p for p in (out, out.with_suffix(".json")) if p.exists()]
-    if existing and not overwrite:
-        raise UserError(f"--out {existing[0]} already exists; add --overwrite to replace it, or choose another --out")
+    for path in (out, out.with_suffix(".json")):
+        refuse_replacing(path, overwrite)
     check_writable_dir(out.parent, "--out")
 
 
@@ -195,7 +195,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
                    help="never try to download MNIST (default: download when missing)")
     p.add_argument("--out", default=None, help="weights file, .pt; its .json goes beside it "
                    "(default: part2/runs/classifier/classifier.pt, or classifier_smoke/ with --smoke)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out and its .json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out and its .json; needed to write into part2/results")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="default: %(default)s")
     p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"], help="default: %(default)s")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak one-cycle learning rate (default: %(default)s)")

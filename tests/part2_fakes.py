@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import torch
@@ -43,7 +44,10 @@ def make_classifier(generator: Generator, path: Path, scale: float = 40.0) -> Pa
 def make_run(run_dir: Path) -> Path:
     """A run folder in my_gan.py's layout: three untrained generators, grids, a short losses.csv."""
     (run_dir / "grids").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text('{"latent_dim": %d, "n_epochs": 2}\n' % LATENT_DIM)
+    # What my_gan.py records besides the settings: 2 epochs of 100 iterations, grid_half.png at 100.
+    config = {"latent_dim": LATENT_DIM, "n_epochs": 2, "batch_size": 16, "n_train": 1600, "iterations_per_epoch": 100,
+              "total_iterations": 200, "half_iteration": 100}
+    (run_dir / "config.json").write_text(json.dumps(config) + "\n")
     fixed = latents(25, LATENT_DIM, seed=1)
     for i, stage in enumerate(("start", "half", "end")):
         g = make_generator(seed=i)

@@ -44,6 +44,7 @@ def outputs(nb: nbformat.NotebookNode) -> tuple[int, list[str]]:
     return pngs, errors
 
 
+@pytest.mark.slow
 def test_task2_runs_from_any_folder(tiny_run: tuple[Path, Path], fake_mnist: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     run, clf = tiny_run
@@ -58,6 +59,7 @@ def test_task2_runs_from_any_folder(tiny_run: tuple[Path, Path], fake_mnist: Pat
     assert "FID" in text and "real" in text
 
 
+@pytest.mark.slow
 def test_task3_finds_part2_by_walking_up(tiny_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     run, clf = tiny_run
     monkeypatch.delenv("PART2_DIR", raising=False)
@@ -92,7 +94,8 @@ def test_figures_writes_grids_enlarged_pixel_for_pixel(tiny_run: tuple[Path, Pat
 
 
 def test_figures_titles_say_the_iteration(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"n_epochs": 200, "iterations_per_epoch": 937}))
+    (tmp_path / "config.json").write_text(json.dumps({"n_epochs": 200, "iterations_per_epoch": 937,
+                                                      "total_iterations": 187400, "half_iteration": 93700}))
     when = figures.stage_iterations(tmp_path)
     assert [figures.stage_title(s, when[s]) for s in ("start", "half", "end")] == [
         "start (iteration 0)", "halfway (iteration 93,700, epoch 100)", "end (iteration 187,400, epoch 200)"]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_scripts
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train": ROOT / "part1" / "train.py", "compare": ROOT / "part1" / "compare.py"}
 # The RNN: what these tests check does not depend on the model, and it starts faster.
@@ -77,42 +79,6 @@ if not torch.cuda.is_available():
     BAD_INPUT["cuda without a GPU"] = ("train", ["--device", "cuda"], ["--device cuda"])
 
 
-# Runs each (script, args) as `python script args` would, but in a fork of one interpreter that has
-# already imported torch: the table costs one torch import instead of one per case.
-FORKING_RUNNER = r"""
-import json, os, runpy, sys, tempfile, traceback
-import torch  # noqa: F401
-
-def start(script, args, env, folder):
-    sys.stdout.flush(); sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    for fd, name in ((1, "out"), (2, "err")):
-        os.dup2(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT), fd)
-    sys.argv, sys.path[0] = [script, *args], os.path.dirname(script)
-    os.environ.update(env)
-    code = 0
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except SystemExit as exc:  # what the interpreter does with it
-        code = exc.code if isinstance(exc.code, int) or exc.code is None else (print(exc.code, file=sys.stderr) or 1)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush(); sys.stderr.flush()
-    os._exit(code or 0)
-
-cases = json.load(sys.stdin)
-folders = [tempfile.mkdtemp() for _ in cases]
-pids = [start(script, args, env, folder) for (script, args, env), folder in zip(cases, folders)]
-results = []
-for pid, folder in zip(pids, folders):
-    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    read = lambda name: open(os.path.join(folder, name)).read() if os.path.exists(os.path.join(folder, name)) else ""
-    results.append({"returncode": code, "stdout": read("out"), "stderr": read("err")})
-json.dump(results, sys.stdout)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +92,7 @@ def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[st
     for case, (script, args, _) in BAD_INPUT.items():
         args = [a.format(tmp=tmp / case.replace(" ", "_"), file=tmp / "a_file", corrupt=tmp / "corrupt") for a in args]
         cases.append([str(SCRIPTS[script]), args, ENV.get(case, {})])
-    if not hasattr(os, "fork"):
-        return {case: run(Path(script).stem, args, env={**os.environ, **env})
-                for case, (script, args, env) in zip(BAD_INPUT, cases)}, tmp
-    done = subprocess.run([sys.executable, "-c", FORKING_RUNNER], input=json.dumps(cases), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    return {case: subprocess.CompletedProcess(args, **r) for case, (_, args, _), r in
-            zip(BAD_INPUT, cases, json.loads(done.stdout))}, tmp
+    return dict(zip(BAD_INPUT, run_scripts(cases))), tmp
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -12,9 +13,9 @@ import pytest
 import torch
 
 import grad_norms
+import train
 from dataset import encode
 from lstm import LSTM
-from train import setup
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "part1" / "grad_norms.py"
@@ -48,11 +49,19 @@ def test_tiny_run_writes_finite_norms_of_every_step(tiny_run: Path) -> None:
     assert (tiny_run / grad_norms.PNG).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_untrained_model_is_the_one_train_starts_from(tmp_path: Path) -> None:
+def test_untrained_model_is_the_one_train_starts_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first_step, seen = train.train_step, {}
+
+    def keep_the_weights(model, *args):  # the weights as train() hands them to its first update
+        seen.setdefault(model.__class__.__name__, {k: v.clone() for k, v in model.state_dict().items()})
+        return first_step(model, *args)
+
+    monkeypatch.setattr(train, "train_step", keep_the_weights)
     for model in grad_norms.MODELS:
         config = grad_norms.run_config(model, tiny_args(tmp_path), tmp_path)
         ours = grad_norms.initial_model(config, torch.device("cpu")).state_dict()
-        theirs = setup(config).model.state_dict()
+        train.train(dataclasses.replace(config, max_steps=1))
+        theirs = seen[type(grad_norms.initial_model(config, torch.device("cpu"))).__name__]
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 

@@ -1,9 +1,11 @@
 """Part 1's LSTM fast path: its layers work where CI runs, fall back loudly, and are chosen by timing."""
+import ast
 import os
 import platform
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,12 +28,52 @@ def c_compiler() -> str | None:
 @pytest.fixture
 def fresh(monkeypatch):
     """lstm_kernel as if newly imported (no build tried, nothing probed, warned or timed); restored afterwards."""
-    for name, value in (("_lib", None), ("_tried", False), ("_openmp", False), ("_onednn", None),
-                        ("_unavailable", {}), ("_warned", set()), ("_decisions", {}), ("_override", {}),
-                        ("_packed", {})):
-        monkeypatch.setattr(lstm_kernel, name, value)
+    monkeypatch.setattr(lstm_kernel, "KERNELS", lstm_kernel.Kernels())
     for var in lstm_kernel.ENV.values():
         monkeypatch.delenv(var, raising=False)
+
+
+def part1_imports() -> dict[str, set[str]]:
+    """module -> the modules of part1 it imports, at the top or inside a function."""
+    files = {p.stem: p for p in Path(lstm_kernel.__file__).parent.glob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+        graph[name] = found & files.keys()
+    return graph
+
+
+def test_no_module_of_part1_imports_one_that_imports_it_back():
+    """The equations, their fast twin and its layers import one way: lstm -> lstm_bptt -> lstm_kernel."""
+    graph = part1_imports()
+    assert graph["lstm"] == {"lstm_bptt"} and graph["lstm_bptt"] == {"lstm_kernel"} and not graph["lstm_kernel"]
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            assert name != start, f"{start} imports a module that imports {start} back"
+            if name not in seen:
+                seen.add(name)
+                todo += graph[name]
+
+
+def test_the_state_is_one_object(fresh, monkeypatch, capsys):
+    """All the module learns lives in KERNELS: a fresh Kernels() forgets every fallback, warning, choice
+    and forcing (a module global left behind would survive the swap)."""
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    lstm_bptt.plan(4, 8)
+    with lstm_kernel.forcing(matmul="mm"):
+        monkeypatch.setattr(lstm_kernel, "KERNELS", lstm_kernel.Kernels())
+        assert lstm_kernel.forced("matmul") == "auto"
+    info = lstm_kernel.describe()
+    assert (info["cell"], info["matmul"], info["timings_us"], info["fallbacks"]) == ("undecided", "undecided", {}, {})
+    lstm_bptt.plan(4, 8)
+    assert capsys.readouterr().err.count("C cell unavailable") == 2  # once per state object
 
 
 def lstm(**kw) -> LSTM:
@@ -55,7 +97,7 @@ def test_every_fast_layer_works_on_x86_64_linux(fresh):
     """CI's kind of machine: a torch upgrade or a toolchain change that breaks a layer must turn CI red,
     not quietly make the LSTM slower."""
     assert lstm_kernel.load() is not None, lstm_kernel.describe()["fallbacks"].get("cell")
-    assert lstm_kernel._openmp, "the C cell was built without OpenMP: it would run on one thread"
+    assert lstm_kernel.KERNELS.openmp, "the C cell was built without OpenMP: it would run on one thread"
     assert lstm_kernel.onednn_available(), lstm_kernel.describe()["fallbacks"].get("matmul")
 
 
@@ -99,7 +141,7 @@ def test_non_float32_or_forced_plain_is_not_a_fallback(fresh, monkeypatch, capsy
     with lstm_kernel.forcing("torch", "mm"):
         train_twice(lstm())        # asked for by name: nothing to report
     assert capsys.readouterr().err == ""
-    assert not lstm_kernel._tried and lstm_kernel._onednn is None  # nothing was built or probed
+    assert not lstm_kernel.KERNELS.build_tried and lstm_kernel.KERNELS.onednn is None  # nothing built or probed
 
 
 @pytest.mark.parametrize("cell", ["c", "torch"])
@@ -118,7 +160,7 @@ def test_environment_and_forcing_choose_the_variants(fresh, monkeypatch, cell, m
         with lstm_kernel.forcing(cell=other):  # wins over the environment, for this block only
             assert lstm_bptt.plan(4, 8)[0] == other
     assert lstm_bptt.plan(4, 8)[0] == cell
-    assert not lstm_kernel._decisions  # nothing was timed
+    assert not lstm_kernel.KERNELS.decisions  # nothing was timed
 
 
 def test_bad_environment_value_is_one_clear_error(fresh, monkeypatch):
@@ -154,7 +196,8 @@ def test_timing_the_choices_is_quick_and_leaves_the_global_rng_alone(fresh):
     lstm_kernel.load(), lstm_kernel.onednn_available()  # the one-off build is not part of a decision
     state = torch.get_rng_state()
     start = time.perf_counter()
-    info = lstm_kernel.describe(32, 32)
+    lstm_bptt.plan(32, 32)
+    info = lstm_kernel.describe()
     assert time.perf_counter() - start < 2.0  # tens of milliseconds when the machine is not busy
     assert torch.equal(torch.get_rng_state(), state)
     assert (info["cell"], info["matmul"]) in (("c", "c"), ("torch", "onednn"), ("torch", "mm"), ("torch", "mm+onednn"))

@@ -131,8 +131,10 @@ def test_c_cell_builds_and_handles_saturated_gates():
     B, H = 3, 40
     pre = torch.linspace(-120, 120, B * 4 * H).reshape(B, 4 * H)
     c_prev = torch.linspace(-3, 3, B * H).reshape(B, H)
-    gates, c, tanh_c, h = pre.clone(), torch.empty(B, H), torch.empty(B, H), torch.empty(B, H)
-    lstm_kernel.forward_step(gates, None, torch.randn(H, 4 * H), c_prev, c, tanh_c, h)  # h_0 = 0: no product
+    gates, cs, tanh_c, hs = pre.clone()[None], torch.zeros(2, B, H), torch.empty(1, B, H), torch.zeros(2, B, H)
+    cs[0] = c_prev  # the state before the step (h_0 = 0: no product)
+    lstm_kernel.forward(gates, torch.randn(H, 4 * H), cs, tanh_c, hs)
+    gates, c, h = gates[0], cs[1], hs[1]
     assert torch.isfinite(gates).all() and torch.isfinite(h).all()
     a_g, a_i, a_f, a_o = pre.chunk(4, 1)
     ref = torch.cat([a_g.tanh(), a_i.sigmoid(), a_f.sigmoid(), a_o.sigmoid()], 1)

@@ -15,6 +15,7 @@ from train import Config, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_part1_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results = tmp_path / "results"
     train(Config(input_length=5, data_size=600, batch_size=50, num_hidden=16, max_epoch=2,

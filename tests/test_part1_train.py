@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cs324_utils import UserError
-from train import RESUME_MAY_CHANGE, RESUME_MUST_MATCH, RUN_CONTROL, Config, train
+from palindrome_run import RESUME_MAY_CHANGE, RESUME_MUST_MATCH, RUN_CONTROL
+from train import Config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "part1" / "train.py"
@@ -47,8 +48,8 @@ def test_lstm_learns_short_palindromes(tmp_path):
     assert metrics["val_accuracy"] >= 0.95  # chance is 0.1; this setting reaches ~1.0 in 375 steps
 
 
-# Made by train.py before it was cut into set-up, step, evaluate, checkpoint and finish functions:
-# final training loss, validation loss and the sum of |w| of each parameter after 20 steps.
+# The final training loss, validation loss and sum of |w| of each parameter after 20 steps, as stored
+# from a run of this code: any change of data, initialisation, batch order or update moves them.
 REFERENCE = {
     "lstm": (2.272718752423922, 2.1583325703938803,
              {"W_x": 10.972299, "W_h": 194.730591, "b": 25.049828, "W_ph": 25.026131, "b_p": 1.018981}),
@@ -130,9 +131,11 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
 def test_capped_data_keeps_the_step_budget_of_the_requested_size(capsys: pytest.CaptureFixture) -> None:
     """Length 5 has 1,000 palindromes: 20 epochs of 7 steps cannot learn, so the default run keeps
     the 12,500 steps of 20 epochs over 100,000; an explicit --max_steps budget is left as it is."""
-    config = Config(input_length=4).validate()
+    asked = Config(input_length=4)
+    config = asked.validated()
     assert config.data_size == 1000 and config.max_epoch == 1786  # ceil(20 * 625 / 7)
+    assert asked.data_size == 100_000 and asked.max_epoch == 20 and asked.out == ""  # a resolved copy
     assert "1786 epochs" in capsys.readouterr().err
-    budget = Config(input_length=4, max_steps=500, max_epoch=20).validate(warn=False)
+    budget = Config(input_length=4, max_steps=500, max_epoch=20).validated(warn=False)
     assert budget.data_size == 1000 and budget.max_epoch == 20
-    assert Config(input_length=4).validate().validate().max_epoch == 1786  # validating again changes nothing
+    assert config.validated().max_epoch == 1786  # validating again changes nothing

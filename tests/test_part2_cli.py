@@ -1,4 +1,5 @@
-"""Part 2's evaluation, classifier, export and interpolation commands: work is never lost, bad input is one line.
+"""Part 2's evaluation, classifier, export, interpolation and figures commands: work is never lost, bad input is
+one line.
 
 The bad-input table runs each case as the user would, in its own process: exit code 2, exactly one
 non-empty line on stderr naming the problem, no traceback.
@@ -6,7 +7,9 @@ non-empty line on stderr naming the problem, no traceback.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import figures
 import train_classifier
 from classifier import DEFAULT_CLASSIFIER, load_classifier
 from conftest import ROOT, write_fake_mnist
@@ -86,6 +90,24 @@ def test_failed_classifier_is_not_saved(fake_mnist: Path, tmp_path: Path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier.json", "classifier.pt", "data"]
 
 
+# --- figures.py: the snapshots' iterations as my_gan.py recorded them -----------------------------------
+
+def test_figures_titles_take_the_recorded_iterations(tmp_path: Path) -> None:
+    """The halfway is config.json's half_iteration, not a value derived from n_epochs; without the records,
+    the last row of losses.csv is the end."""
+    (tmp_path / "config.json").write_text(json.dumps({"n_epochs": 3, "iterations_per_epoch": 100,
+                                                      "total_iterations": 300, "half_iteration": 100}))
+    when = figures.stage_iterations(tmp_path)
+    assert [figures.stage_title(s, when[s]) for s in figures.SNAPSHOTS] == [
+        "start (iteration 0)", "halfway (iteration 100, epoch 1)", "end (iteration 300, epoch 3)"]
+    (tmp_path / "config.json").write_text(json.dumps({"n_epochs": 3, "iterations_per_epoch": 100}))
+    (tmp_path / "losses.csv").write_text("iteration,epoch,loss_d,loss_g,d_real,d_fake\n50,1,1,1,1,1\n200,2,1,1,1,1\n")
+    assert figures.stage_iterations(tmp_path) == {"start": (0, 0.0), "half": (100, 1.0), "end": (200, 2.0)}
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "losses.csv").unlink()
+    assert figures.stage_iterations(tmp_path) == dict.fromkeys(figures.SNAPSHOTS)
+
+
 # --- bad input: one line, exit 2, in a process of its own -----------------------------------------------
 
 def read_only_dir(tmp: Path) -> Path | None:
@@ -118,10 +140,18 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (tmp / "existing").mkdir()
     (tmp / "existing" / "keep.txt").write_text("an earlier export\n")
     read_only = read_only_dir(tmp)
+    damaged_runs = {"config_list": ("config.json", b"[1, 2]\n"),
+                    "config_type": ("config.json", b'{"total_iterations": "200", "half_iteration": 100}\n'),
+                    "config_half": ("config.json", b'{"total_iterations": 200, "half_iteration": 300}\n'),
+                    "csv_binary": ("losses.csv", bytes(range(256)))}
+    for name, (file, content) in damaged_runs.items():
+        shutil.copytree(run, tmp / name)
+        (tmp / name / "config.json").unlink()  # a run without records: figures.py reads losses.csv
+        (tmp / name / file).write_bytes(content)
     return {"tmp": str(tmp), "run": str(run), "gen": str(run / "generator_end.pt"), "clf": str(clf),
             "data": str(data), "truncated": str(truncated), "bad_magic": str(bad_magic),
             "corrupt": str(tmp / "corrupt.pt"), "file": str(tmp / "a_file"), "existing": str(tmp / "existing"),
-            "ro": str(read_only or "")}
+            "ro": str(read_only or ""), **{name: str(tmp / name) for name in damaged_runs}}
 
 
 TC = "train_classifier.py"
@@ -131,6 +161,7 @@ EV_ARGS = "{run} --classifier {clf} --data_dir {data} --no_download --device cpu
 IN = "interpolate.py"
 IN_ARGS = "{run} --classifier {clf} --device cpu --candidates 500"
 EX = "export_run.py"
+FI = "figures.py"
 
 # (script, arguments, words the one line must hold)
 CASES = [
@@ -175,6 +206,12 @@ CASES = [
     (EX, "{run} {tmp}/exported --every 0", "--every"),
     (EX, "{tmp}/no_run {tmp}/exported", "not found"),
     (EX, "{run}", "required"),
+    (FI, "{config_list}", "config.json: the file must be a dictionary, not list"),
+    (FI, "{config_type}", "config.json: field 'total_iterations' must be an integer"),
+    (FI, "{config_half}", "config.json: field 'half_iteration' must be from 1 to 200"),
+    (FI, "{csv_binary}", "losses.csv is not a readable CSV file"),
+    (FI, "{run} --scale 1", "--scale"),
+    (FI, "{tmp}/no_run", "not a folder"),
 ]
 if NO_CUDA:
     CASES += [(script, args + " --device cuda:0", "CUDA") for script, args in ((TC, TC_ARGS), (EV, EV_ARGS), (IN, IN_ARGS))]
@@ -209,3 +246,59 @@ def test_bad_input_is_one_line(outcomes: list[subprocess.CompletedProcess | None
     assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and needle in lines[0], proc.stderr
     assert not (Path(places["tmp"]) / "tc" / "classifier.pt").exists()  # nothing was trained
     assert sorted(p.name for p in Path(places["existing"]).iterdir()) == ["keep.txt"]
+
+
+# --- the committed results: nothing is written into part2/results without --overwrite ------------------
+
+# (script, arguments run from the repository root, words the one line must hold)
+COMMITTED = [
+    (IN, "part2/results/gan --seed 3", "committed results"),  # a new interpolation PNG beside the generator
+    (IN, "{run} --classifier {clf} --out part2/results/gan", "committed results"),
+    (IN, "{run} --classifier {clf} --out part2/results/gan/row.png", "committed results"),
+    (EV, "part2/results/gan --data_dir {data} --no_download", "--overwrite"),  # scores.json exists
+    (EV, "part2/results/gan/generator_end.pt --data_dir {data} --no_download", "committed results"),
+    (EV, "{gen} --classifier {clf} --data_dir {data} --out part2/results/scores.json", "committed results"),
+    (FI, "part2/results/gan", "--overwrite"),  # grids_over_training.png exists
+    (FI, "part2/results/gan --out part2/results/gan/grids_again.png", "committed results"),
+    (EX, "{run} part2/results/gan_export", "committed results"),
+    (EX, "{run} part2/results/gan", "committed results"),
+    (TC, TC_ARGS.replace("{tmp}/tc/classifier.pt", "part2/results/classifier2.pt"), "committed results"),
+    (TC, TC_ARGS.replace("{tmp}/tc/classifier.pt", "part2/results/classifier.pt"), "--overwrite"),
+]
+
+
+def results_status() -> str:
+    """git's view of part2/results, untracked and ignored files included."""
+    try:
+        return subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--",
+                               "part2/results"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+
+
+@pytest.fixture(scope="module")
+def committed_outcomes(places: dict[str, str]) -> tuple[str, list[subprocess.CompletedProcess], str]:
+    """git status of part2/results before, every COMMITTED case (from the repository root), git status after."""
+    before = results_status()
+
+    def call(case: tuple[str, str, str]) -> subprocess.CompletedProcess:
+        script, args, _ = case
+        argv = [a.format(**places) for a in args.split()]
+        return subprocess.run([sys.executable, str(ROOT / "part2" / script), *argv], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(call, COMMITTED))
+    return before, outcomes, results_status()
+
+
+@pytest.mark.parametrize("index", range(len(COMMITTED)), ids=[f"{s} {a.split()[-1]}" for s, a, _ in COMMITTED])
+def test_committed_results_need_overwrite(committed_outcomes: tuple[str, list, str], index: int) -> None:
+    script, _, needle = COMMITTED[index]
+    before, outcomes, after = committed_outcomes
+    proc = outcomes[index]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and needle in lines[0], proc.stderr
+    assert after == before  # nothing under part2/results was added, changed or removed

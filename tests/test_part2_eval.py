@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
 from classifier import DigitClassifier, load_classifier, save_classifier
+from conftest import write_fake_mnist
 from cs324_utils import UserError
 from evaluate import score_run
 from interpolate import find_pair, interpolate, interpolation
-from models import load_generator
-from part2_fakes import make_run_and_classifier
+from models import Generator, load_generator
+from part2_fakes import LATENT_DIM, make_run_and_classifier
 from scores import (
     class_histogram,
     confident_fraction,
@@ -153,8 +156,17 @@ def test_load_classifier_rejects_bad_files(tmp_path: Path, tiny: tuple[Path, Pat
     wrong = DigitClassifier()
     wrong.head = torch.nn.Linear(128, 7)  # right kind, wrong shapes
     save_classifier(wrong, tmp_path / "wrong.pt")
-    with pytest.raises(UserError, match="do not fit"):
+    with pytest.raises(UserError, match=r"'head.weight' must have shape \(10, 128\)"):
         load_classifier(tmp_path / "wrong.pt")
+    state = DigitClassifier().state_dict()
+    for obj, needle in [({"kind": "digit_classifier", "state_dict": list(state.values())}, "'state_dict' must be a"),
+                        ({"kind": "digit_classifier", "state_dict": {k: 1 for k in state}}, "must be a tensor"),
+                        ({"kind": "digit_classifier", "state_dict": state, "info": [0.99]}, "'info' must be a dict"),
+                        ({"kind": "digit_classifier", "state_dict": state, "info": {"test_accuracy": "high"}},
+                         "'test_accuracy' must be a finite number")]:
+        torch.save(obj, tmp_path / "edited.pt")
+        with pytest.raises(UserError, match=needle):
+            load_classifier(tmp_path / "edited.pt")
 
 
 def assert_one_line_error(returncode: int, stderr: str, needle: str) -> None:
@@ -176,6 +188,66 @@ def test_evaluate_cli_missing_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "evaluate.py", str(tmp_path / "nope.pt"), "--data_dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=PART2)
     assert_one_line_error(proc.returncode, proc.stderr, "not found")
+
+
+def damaged_generators(folder: Path) -> dict[str, Path]:
+    """Generator files whose fields were hand-edited or damaged, each as torch.save writes it."""
+    state = Generator(LATENT_DIM).state_dict()
+    nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    files = {
+        "latent_dim_text": {"kind": "generator", "latent_dim": "abc", "state_dict": state},
+        "latent_dim_missing": {"kind": "generator", "state_dict": state},
+        "latent_dim_huge": {"kind": "generator", "latent_dim": 10**10, "state_dict": state},
+        "state_dict_list": {"kind": "generator", "latent_dim": LATENT_DIM, "state_dict": list(state.values())},
+        "state_dict_ints": {"kind": "generator", "latent_dim": LATENT_DIM, "state_dict": dict.fromkeys(state, 1)},
+        "weights_nan": {"kind": "generator", "latent_dim": LATENT_DIM, "state_dict": nan},
+        "checkpoint_latent_dim": {"generator": state, "config": {"latent_dim": -3}},
+    }
+    for name, obj in files.items():
+        torch.save(obj, folder / f"{name}.pt")
+    return {name: folder / f"{name}.pt" for name in files}
+
+
+# (damaged file, words the one line must hold)
+DAMAGED = [
+    ("latent_dim_text", "'latent_dim' must be an integer, not 'abc'"),
+    ("latent_dim_missing", "'latent_dim' is missing"),
+    ("latent_dim_huge", "'latent_dim' must be from 1 to 100000"),
+    ("state_dict_list", "'state_dict' must be a dictionary"),
+    ("state_dict_ints", "must be a tensor, not 1"),
+    ("weights_nan", "holds values that are not finite"),
+    ("checkpoint_latent_dim", "config.'latent_dim' must be from 1"),
+]
+
+
+@pytest.fixture(scope="module")
+def damaged_outcomes(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """evaluate.py and interpolate.py on each damaged generator file, each in a process of its own, two at a time."""
+    _, clf = tiny
+    tmp = tmp_path_factory.mktemp("damaged")
+    files, data = damaged_generators(tmp), write_fake_mnist(tmp / "data")
+    args = {"evaluate.py": ["--data_dir", str(data), "--no_download", "--n_samples", "100"],
+            "interpolate.py": ["--candidates", "500", "--out", str(tmp / "rows")]}
+    cases = [(script, name) for script in args for name, _ in DAMAGED]
+
+    def call(case: tuple[str, str]) -> subprocess.CompletedProcess:
+        script, name = case
+        argv = [str(files[name]), "--classifier", str(clf), "--device", "cpu", *args[script]]
+        return subprocess.run([sys.executable, str(PART2 / script), *argv], capture_output=True, text=True,
+                              timeout=300, cwd=tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(cases, pool.map(call, cases)))
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "interpolate.py"])
+@pytest.mark.parametrize("name,needle", DAMAGED, ids=[name for name, _ in DAMAGED])
+def test_damaged_generator_file_is_one_line(damaged_outcomes: dict, script: str, name: str, needle: str) -> None:
+    proc = damaged_outcomes[(script, name)]
+    assert_one_line_error(proc.returncode, proc.stderr, needle)
+    assert f"{name}.pt" in proc.stderr and "Traceback" not in proc.stdout
+    folder = Path(proc.args[2]).parent
+    assert not list(folder.glob("*scores.json")) and not (folder / "rows").exists()  # nothing written
 
 
 def test_evaluate_cli_classifier_that_does_not_match(tiny: tuple[Path, Path], tmp_path: Path,
@@ -288,5 +360,5 @@ def test_non_finite_classifier_is_neither_saved_nor_loaded(tmp_path: Path) -> No
         save_classifier(clf, tmp_path / "nan.pt")
     assert list(tmp_path.iterdir()) == []
     torch.save({"kind": "digit_classifier", "state_dict": clf.state_dict(), "info": {}}, tmp_path / "nan.pt")
-    with pytest.raises(UserError, match="non-finite"):
+    with pytest.raises(UserError, match="'head.bias' holds values that are not finite"):
         load_classifier(tmp_path / "nan.pt")

@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import gan_run
 import my_gan
 from conftest import ROOT, SHARED_MNIST
-from cs324_utils import UserError, all_finite
+from cs324_utils import TrainingFailed, TrainingStopped, UserError, all_finite
+from gan_run import read_losses, tensors_in
 from models import Discriminator, Dropout, Generator, load_generator, parameter_count, save_generator
 from my_gan import Config, train
 from pick_precision import autocast_factory
-from run_folder import TrainingDiverged, TrainingInterrupted, read_csv_rows, tensors_in
+from stabilisers import WeightAverage, lr_at, refresh_bn_stats
 
 PART2 = ROOT / "part2"
 # Tiny runs: 64 fake images, batches of 16 -> 4 iterations per epoch.
@@ -135,7 +137,7 @@ def test_generator_eval_is_batch_independent() -> None:
 def test_train_step_updates_both_networks(precision: str) -> None:
     torch.manual_seed(0)
     g, d = Generator(16), Discriminator()
-    opt_g, opt_d = my_gan.make_optimizers(g, d, 1e-3, torch.device("cpu"))
+    opt_g, opt_d = (my_gan.adam(m, 1e-3, torch.device("cpu")) for m in (g, d))
     autocast = autocast_factory(precision, torch.device("cpu"))
     g0 = [p.detach().clone() for p in g.parameters()]
     d0 = [p.detach().clone() for p in d.parameters()]
@@ -152,7 +154,7 @@ def test_refresh_bn_stats_is_deterministic_and_spares_the_rng() -> None:
     rng = torch.get_rng_state()
     stats = []
     for _ in range(2):
-        my_gan.refresh_bn_stats(g, seed=5)
+        refresh_bn_stats(g, seed=5)
         stats.append([b.clone() for b in g.buffers()])
     assert torch.equal(torch.get_rng_state(), rng)  # training's noise stream is untouched
     assert not g.training and all(m.momentum == 0.1 for m in g.modules() if isinstance(m, torch.nn.BatchNorm1d))
@@ -182,22 +184,21 @@ def test_update_ema_matches_torch_averaged_model() -> None:
 
     torch.manual_seed(0)
     g = Generator(16)
-    ours, ref = my_gan.make_ema(g, 0.9), AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=False)
+    ours, ref = WeightAverage(g, 0.9), AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=False)
     for step in range(4):
         with torch.no_grad():
             for p in g.parameters():
                 p.add_(torch.randn_like(p))
-        my_gan.update_ema(ours, g, 0.9, first=step == 0)
+        ours.update(first=step == 0)
         ref.update_parameters(g)
-        for a, b in zip(ours.parameters(), ref.module.parameters()):
+        for a, b in zip(ours.model.parameters(), ref.module.parameters()):
             assert torch.equal(a, b)
-    assert my_gan.make_ema(g, 0) is None
+    assert WeightAverage(g, 0).model is None and WeightAverage(g, 0).sampler() is g
 
 
 def test_lr_decay_schedule() -> None:
-    flat, decay = Config(lr=0.01, lr_decay="none"), Config(lr=0.01, lr_decay="linear")
-    assert [my_gan.lr_at(flat, i, 100) for i in (0, 50, 99)] == [0.01] * 3
-    assert [my_gan.lr_at(decay, i, 100) for i in (0, 50, 75, 100)] == pytest.approx([0.01, 0.01, 0.005, 0.0])
+    assert [lr_at(0.01, "none", i, 100) for i in (0, 50, 99)] == [0.01] * 3
+    assert [lr_at(0.01, "linear", i, 100) for i in (0, 50, 75, 100)] == pytest.approx([0.01, 0.01, 0.005, 0.0])
 
 
 # What this seeded fp32 run gives (64 fake images from write_fake_mnist(n_train=64), TINY, 2 epochs):
@@ -213,7 +214,7 @@ GOLDEN_SUMS = {"G.net.0.weight": -2.697691, "D.net.6.weight": 0.2429737, "EMA.ne
 def test_seeded_run_matches_golden_values(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "golden"
     train(Config(n_epochs=2, data_dir=str(tiny_data), out=str(out), **{**TINY, "precision": "fp32"}))
-    rows = read_csv_rows(out / "losses.csv")
+    rows = read_losses(out / "losses.csv")
     assert [r["iteration"] for r in rows] == ["4", "8"]
     losses = [float(r[k]) for r in rows for k in ("loss_d", "loss_g", "d_real", "d_fake")]
     assert losses == pytest.approx(sum(GOLDEN_LOSSES, []), rel=1e-4, abs=2e-6)
@@ -294,13 +295,18 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(reference_run: Path, tiny_da
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(my_gan, "train_step", step_then_ctrl_c)
-    with pytest.raises(TrainingInterrupted, match="--resume"):
+    with pytest.raises(TrainingStopped, match="--resume"):
         train(Config(n_epochs=2, data_dir=str(tiny_data), out=str(out), **TINY))
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["iteration"]) == (1, 2, 6)
     monkeypatch.setattr(my_gan, "train_step", real_step)
     train(Config(n_epochs=2, data_dir=str(tiny_data), out=str(out), resume=True, **TINY))
     assert_same_state(final_state(out), final_state(reference_run))
+    # Every file the run writes equals the straight run's: the log, the grids and the saved generators.
+    for name in ("losses.csv", *(p.name for p in reference_run.glob("grid*.png")), "grids",
+                 *(p.name for p in reference_run.glob("generator_*.pt"))):
+        for path in sorted((reference_run / name).rglob("*")) if name == "grids" else [reference_run / name]:
+            assert (out / path.relative_to(reference_run)).read_bytes() == path.read_bytes(), path.name
 
 
 def test_non_finite_loss_keeps_last_good_checkpoint(tiny_data: Path, tmp_path: Path,
@@ -314,7 +320,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_data: Path, tmp_path: P
         return stats * float("nan") if len(calls) > 5 else stats  # diverges in epoch 2
 
     monkeypatch.setattr(my_gan, "train_step", step_going_nan)
-    with pytest.raises(TrainingDiverged, match="non-finite"):
+    with pytest.raises(TrainingFailed, match="non-finite"):
         train(Config(n_epochs=3, data_dir=str(tiny_data), out=str(out), **TINY))
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["iteration"] == 4
@@ -327,7 +333,7 @@ def test_eval_scores_calls_score_run(tiny_data: Path, tmp_path: Path, monkeypatc
         seen.update(out=Path(out_dir), data_dir=data_dir, download=download)
         return {"ok": 1}
 
-    monkeypatch.setattr(my_gan, "load_scorer", lambda: score_run)
+    monkeypatch.setattr(gan_run, "load_scorer", lambda: score_run)
     out = tmp_path / "scored"
     summary = train(Config(n_epochs=1, data_dir=str(tiny_data), out=str(out), eval_scores=True, **TINY))
     assert seen == {"out": out, "data_dir": str(tiny_data.resolve()), "download": False}
@@ -338,13 +344,13 @@ def test_load_scorer_takes_part2_evaluate_whatever_else_is_named_evaluate(monkey
     impostor = types.ModuleType("evaluate")  # as an installed package of that name would be
     impostor.score_run = lambda *args, **kwargs: None
     monkeypatch.setitem(sys.modules, "evaluate", impostor)
-    score_run = my_gan.load_scorer()
+    score_run = gan_run.load_scorer()
     assert score_run is not impostor.score_run
     assert Path(sys.modules[score_run.__module__].__file__) == PART2 / "evaluate.py"
 
 
 def test_every_config_field_is_checked_or_honoured_on_resume() -> None:
-    checked, honoured = set(my_gan.RESUME_MUST_MATCH), set(my_gan.RESUME_HONOURED)
+    checked, honoured = set(gan_run.RESUME_MUST_MATCH), set(gan_run.RESUME_MAY_CHANGE)
     assert not checked & honoured
     assert checked | honoured == {f.name for f in fields(Config)}
 
@@ -364,7 +370,7 @@ def test_weights_going_non_finite_write_nothing_non_finite(tiny_data: Path, tmp_
         return stats
 
     monkeypatch.setattr(my_gan, "train_step", step_poisoning_g)
-    with pytest.raises(TrainingDiverged, match="weights became non-finite by iteration 6") as exc:
+    with pytest.raises(TrainingFailed, match="became non-finite by iteration 6") as exc:
         train(Config(n_epochs=3, data_dir=str(tiny_data), out=str(out), **TINY))
     assert str(out / "checkpoint.pt") in str(exc.value)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -375,7 +381,7 @@ def test_weights_going_non_finite_write_nothing_non_finite(tiny_data: Path, tmp_
 def test_read_csv_rows_leaves_out_a_torn_row(tmp_path: Path) -> None:
     path = tmp_path / "losses.csv"
     path.write_text("iteration,epoch,loss_d,loss_g,d_real,d_fake\n50,1,0.7,0.6,0.5,0.4\n10")
-    assert [r["iteration"] for r in read_csv_rows(path)] == ["50"]
+    assert [r["iteration"] for r in read_losses(path)] == ["50"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -458,7 +464,7 @@ def test_precision_auto_records_its_choice_and_spares_the_seeded_run(tiny_data: 
     train(Config(**cfg, out=str(tmp_path / "given"), precision=chosen["precision"]))
     assert_same_state(final_state(tmp_path / "auto"), final_state(tmp_path / "given"))
     # A resume with auto continues in the recorded precision, whatever a new timing would say.
-    monkeypatch.setattr(my_gan, "choose_precision", lambda *a: pytest.fail("a resume must not re-time"))
+    monkeypatch.setattr(gan_run, "choose_precision", lambda *a: pytest.fail("a resume must not re-time"))
     train(Config(**{**cfg, "n_epochs": 2}, out=str(tmp_path / "auto"), resume=True))
     assert json.loads((tmp_path / "auto" / "config.json").read_text())["precision"] == chosen["precision"]
 

@@ -16,8 +16,9 @@ from PIL import Image
 import my_gan
 from conftest import ROOT, write_fake_mnist
 from cs324_utils import all_finite
+from gan_run import read_losses as read_csv_rows
+from gan_run import tensors_in
 from my_gan import Config, train
-from run_folder import read_csv_rows, tensors_in
 
 SCRIPT = ROOT / "part2" / "my_gan.py"
 # 64 fake images in batches of 16: 4 iterations per epoch.
@@ -172,7 +173,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tiny_data: Path, tmp_path: Path, monkey
         my_gan.main(["--data_dir", str(tiny_data), "--out", str(out), *TINY_FLAGS, "--n_epochs", "2"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert exc.value.code == 130
-    assert last.startswith("my_gan.py: interrupted at iteration 2") and "--resume" in last, last
+    assert last.startswith("my_gan.py: stopped by SIGINT at iteration 2") and "--resume" in last, last
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 2
 
 

@@ -114,6 +114,7 @@ def test_unknown_step_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_quick_chain_runs_end_to_end(tmp_path: Path) -> None:
     """`make results QUICK=1`: every step of the chain, tiny, into a scratch folder (a few minutes)."""
     scratch = tmp_path / "scratch"

@@ -1,4 +1,4 @@
-"""cs324_utils, the helpers both parts share: file permissions, refusals, seeds, threads."""
+"""The helpers both parts share (cs324_utils, cpu_threads): file permissions, refusals, seeds, threads."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import cpu_threads
 import cs324_utils
+import gan_run
 from cs324_utils import UserError
 
 
@@ -84,7 +86,7 @@ def readings(monkeypatch: pytest.MonkeyPatch, others_busy_cores: list[float]) ->
         state["i"] += 1
         return state["busy"], state["total"]
 
-    monkeypatch.setattr(cs324_utils, "_cpu_times", fake)
+    monkeypatch.setattr(cpu_threads, "_cpu_times", fake)
 
 
 def test_threads_follow_the_cores_other_jobs_leave_idle(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,17 +95,17 @@ def test_threads_follow_the_cores_other_jobs_leave_idle(monkeypatch: pytest.Monk
     before = torch.get_num_threads()
     try:
         readings(monkeypatch, [0.0, 0.0, 1.0, 1.0, 0.1])  # alone, then another job takes a core, then leaves
-        monkeypatch.setattr(cs324_utils, "TORCH_THREADS", 2)
-        assert cs324_utils.set_threads(0) == (2, "2 of %d cores idle at start" % len(os.sched_getaffinity(0)))
-        governor = cs324_utils.ThreadGovernor(most=2, every=0.0)
+        monkeypatch.setattr(cpu_threads, "TORCH_THREADS", 2)
+        assert cpu_threads.set_threads(0) == (2, "2 of %d cores idle at start" % len(os.sched_getaffinity(0)))
+        governor = cpu_threads.ThreadGovernor(most=2, every=0.0)
         governor.check()  # the other job's core: down to one thread
         assert torch.get_num_threads() == 1
         governor.check()
         governor.check()  # it has gone: back to two
         assert torch.get_num_threads() == 2 and governor.changes == 2
-        assert cs324_utils.set_threads(3) == (3, "--threads") and torch.get_num_threads() == 3
+        assert cpu_threads.set_threads(3) == (3, "--threads") and torch.get_num_threads() == 3
         with pytest.raises(UserError, match="--threads"):
-            cs324_utils.set_threads(99999999999)
+            cpu_threads.set_threads(99999999999)
     finally:
         torch.set_num_threads(before)
 
@@ -126,4 +128,4 @@ def test_malloc_keeps_freed_memory_where_glibc_runs() -> None:
     import platform
     import sys
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert cs324_utils.keep_freed_memory() == expected
+    assert gan_run.keep_freed_memory() == expected

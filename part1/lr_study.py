@@ -1,0 +1,151 @@
+"""The learning-rate study: which RMSprop learning rate works at which input length, for each model.
+
+    cd part1 && python lr_study.py --out results/lr_study
+
+The assignment says of Part I, Task 2 that longer sequences may need other settings, "particularly the
+learning rate". This runs compare.py's sweep once per learning rate (log-spaced, 1e-4 to 1e-2) at the
+template's settings (digits as numbers, the default initialisation: uniform with forget bias 1), each
+into <out>/lr<rate>/ with its own table and figures, then draws lr_study.png: per model, a heat map
+over learning rate x input length of the steps each run took to reach 99% validation accuracy, and
+lr_study.md, its table. --resume keeps the finished sweeps and runs; --overwrite trains afresh.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+import compare
+from cs324_utils import OneLineParser, UserError, atomic_write, check_out, run_cli, write_json
+from file_checks import read_json
+
+HERE = Path(__file__).resolve().parent
+PROG = "lr_study.py"
+RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+SUMMARY = "lr_study.json"
+
+
+def sweep_args(rate: float, args: argparse.Namespace) -> list[str]:
+    """compare.py's command line for one learning rate."""
+    flags = ["--lengths", *map(str, args.lengths), "--lstm_lengths", "--seeds", *map(str, args.seeds),
+             "--input_dim", "1", "--lstm_init", "forget_bias", "--forget_bias", "1", "--learning_rate", f"{rate:g}",
+             "--max_steps", str(args.max_steps), "--threads", str(args.threads),
+             "--out", str(Path(args.out) / f"lr{rate:g}")]
+    return flags + (["--resume"] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+
+
+def cells(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """Per (model, input length): how many runs reached 99%, their steps to it, and the mean peak accuracy."""
+    out: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        cell = out.setdefault((r["model"], r["input_length"]), {"runs": 0, "steps": [], "peaks": []})
+        cell["runs"] += 1
+        cell["peaks"].append(r["peak_accuracy"])
+        if r["steps_to_99"] is not None:
+            cell["steps"].append(r["steps_to_99"])
+    return out
+
+
+def table(summary: dict, max_steps: int) -> str:
+    rates = sorted(summary["rates"])
+    lines = [f"Command: `{summary['command']}`", "",
+             f"Each cell: runs that reached 99% validation accuracy within {max_steps:,} steps, and their steps to "
+             "99% (mean ± std); where none did, the best accuracy reached (mean over seeds). Template settings: "
+             "digits as numbers, uniform initialisation with forget bias 1, RMSprop, batch 128, hidden 128, "
+             "clipping at 10, validation every 250 steps, a stop at 99.5%.", ""]
+    for model in ("lstm", "rnn"):
+        lines += [f"**{model.upper()}**", "", "| input length | " + " | ".join(f"lr {r:g}" for r in rates) + " |",
+                  "|---:|" + "---:|" * len(rates)]
+        for length in summary["lengths"]:
+            row = [cell_text(summary["rates"][r].get(f"{model} {length}")) for r in rates]
+            lines.append(f"| {length} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cell_text(cell: dict | None) -> str:
+    if cell is None:
+        return "—"
+    if cell["steps"]:
+        spread = statistics.pstdev(cell["steps"]) if len(cell["steps"]) > 1 else 0.0
+        return f"{len(cell['steps'])}/{cell['runs']}: {statistics.fmean(cell['steps']):,.0f} ± {spread:,.0f}"
+    return f"0/{cell['runs']} (best {statistics.fmean(cell['peaks']):.2f})"
+
+
+def plot(summary: dict, path: Path, max_steps: int) -> None:
+    """Per model, a heat map of the mean steps to 99% (a run that never got there counts as the budget)."""
+    from matplotlib.figure import Figure
+
+    rates, lengths = sorted(summary["rates"]), summary["lengths"]
+    fig = Figure(figsize=(12, 0.6 * len(lengths) + 2.6))
+    axes = fig.subplots(1, 2)
+    for ax, model in zip(axes, ("lstm", "rnn")):
+        grid = []
+        for length in lengths:
+            row = []
+            for rate in rates:
+                cell = summary["rates"][rate].get(f"{model} {length}")
+                if cell is None:
+                    row.append(float("nan"))
+                    continue
+                missed = cell["runs"] - len(cell["steps"])
+                row.append((sum(cell["steps"]) + missed * max_steps) / cell["runs"])
+            grid.append(row)
+        image = ax.imshow(grid, cmap="viridis_r", vmin=0, vmax=max_steps, aspect="auto")
+        for i, length in enumerate(lengths):
+            for j, rate in enumerate(rates):
+                cell = summary["rates"][rate].get(f"{model} {length}")
+                if cell is not None:
+                    text = cell_text(cell).replace(": ", "\n").replace(" (", "\n(")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                            color="white" if grid[i][j] > 0.55 * max_steps else "black")
+        ax.set(xticks=range(len(rates)), xticklabels=[f"{r:g}" for r in rates], yticks=range(len(lengths)),
+               yticklabels=lengths, xlabel="RMSprop learning rate", ylabel="input length",
+               title=f"{model.upper()}: steps to 99% validation accuracy")
+    fig.colorbar(image, ax=axes, label=f"mean steps to 99% (a run that did not reach it counts {max_steps:,})")
+    fig.suptitle("Learning rate against input length (cells: runs reaching 99% / all, steps mean ± std)")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+
+
+def study(args: argparse.Namespace, command: str) -> None:
+    out = check_out(args.out, args.resume, args.overwrite, "study")
+    if sorted(set(args.learning_rates)) != sorted(args.learning_rates) or min(args.learning_rates) <= 0:
+        raise UserError("--learning_rates must be distinct positive numbers")
+    summary = {"command": command, "lengths": args.lengths, "seeds": args.seeds, "rates": {}}
+    for rate in args.learning_rates:
+        flags = sweep_args(rate, args)
+        print(f"{PROG}: learning rate {rate:g}: python compare.py {' '.join(flags)}", flush=True)
+        compare.sweep(compare.parse_args(flags), "python compare.py " + " ".join(flags))
+        rows = read_json(Path(args.out) / f"lr{rate:g}" / compare.SUMMARY, "sweep summary").list("runs")
+        summary["rates"][rate] = {f"{m} {length}": c for (m, length), c in cells(rows).items()}
+    write_json({**summary, "rates": {f"{r:g}": v for r, v in summary["rates"].items()}}, out / SUMMARY)
+    text = table(summary, args.max_steps)
+    atomic_write(out / "lr_study.md", lambda tmp: Path(tmp).write_text(text))
+    plot(summary, out / "lr_study.png", args.max_steps)
+    print("\n" + text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--learning_rates", type=float, nargs="+", default=list(RATES),
+                   help="RMSprop learning rates (default: 1e-4 3e-4 1e-3 3e-3 1e-2)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[9, 19, 29, 49], help="input lengths (default: 9 19 29 49)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default: 0 1)")
+    p.add_argument("--max_steps", type=int, default=10_000, help="step budget per run (default: 10000)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default: 1)")
+    p.add_argument("--out", default=str(HERE / "runs" / "lr_study"), help="folder (default: part1/runs/lr_study)")
+    p.add_argument("--resume", action="store_true", help="keep finished sweeps and runs in --out")
+    p.add_argument("--overwrite", action="store_true", help="train afresh (and write into the committed results)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "python lr_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run_cli(PROG, lambda: study(args, command))
+
+
+if __name__ == "__main__":
+    main()
