@@ -11,7 +11,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -128,7 +128,7 @@ class Fields:
         state = self.fields(key)
         for sub in ("state", "param_groups"):
             state.raw(sub)
-        bad = next((t for t in _tensors(state.obj) if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        bad = next((t for t in tensors_in(state.obj) if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
         if bad is not None:
             raise self.error(key, "holds values that are not finite")
         try:
@@ -147,15 +147,16 @@ class Fields:
         raise self.error(key, f"must be {wanted}, not {_shown(self.obj.get(key))}")
 
 
-def _tensors(obj: Any):
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor of a nested dict / list (a checkpoint, an optimiser state)."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for value in obj.values():
-            yield from _tensors(value)
+            yield from tensors_in(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            yield from _tensors(value)
+            yield from tensors_in(value)
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Fields:

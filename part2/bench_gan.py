@@ -190,6 +190,65 @@ def breakdown(images: torch.Tensor, batch_size: int, latent_dim: int, precision:
     return {phase: seconds * 1000 / iters for phase, seconds in parts.items()}
 
 
+G_LAYERS = ((128, 256), (256, 512), (512, 1024), (1024, 784))  # after the first, (latent_dim, 128)
+D_LAYERS = ((784, 512), (512, 256), (256, 1))
+
+
+def phase_products(batch_size: int, latent_dim: int) -> dict[str, list[tuple[str, int, int, int]]]:
+    """The matrix products of one iteration, by breakdown phase: (kind, M, K, N) with kind "x W^T" (forward),
+    "g W" (gradient to the input) or "g^T x" (gradient to the weight)."""
+    g = ((latent_dim, 128), *G_LAYERS)
+    B = batch_size
+    fwd = lambda m, layers: [("x W^T", m, k, n) for k, n in layers]  # noqa: E731
+    g_in = lambda m, layers: [("g W", m, n, k) for k, n in layers]  # noqa: E731
+    g_w = lambda m, layers: [("g^T x", n, m, k) for k, n in layers]  # noqa: E731
+    return {
+        "noise + G forward": fwd(B, g),
+        "D step: D forward and backward": fwd(2 * B, D_LAYERS) + g_w(2 * B, D_LAYERS) + g_in(2 * B, D_LAYERS[1:]),
+        "G step: D forward, backward through D and G": fwd(B, D_LAYERS) + g_in(B, D_LAYERS) + g_w(B, g)
+        + g_in(B, g[1:]),
+    }
+
+
+def product_ms(products: list[tuple[str, int, int, int]], dtype: torch.dtype, device: torch.device) -> float:
+    """Milliseconds the products take alone, each timed by itself (the fastest of a few rounds): the
+    iteration's floor on this machine for the work that is arithmetic."""
+    total = 0.0
+    for kind, M, K, N in products:  # C (M, N) = A (M, K) B (K, N), each operand laid out as in training
+        r = lambda *shape: torch.randn(*shape, device=device, dtype=dtype)  # noqa: E731
+        if kind == "x W^T":
+            a, w = r(M, K), r(N, K)
+            call = lambda a=a, w=w: a @ w.t()  # noqa: E731
+        elif kind == "g W":
+            a, w = r(M, K), r(K, N)
+            call = lambda a=a, w=w: a @ w  # noqa: E731
+        else:
+            g, x = r(K, M), r(K, N)
+            call = lambda g=g, x=x: g.t() @ x  # noqa: E731
+        total += min(time_rounds({kind: call}, 5, 40, 4)[kind])
+    return total
+
+
+def against_floor(parts: dict[str, float], batch_size: int, latent_dim: int, precision: str,
+                  device: torch.device) -> str:
+    """Each phase's milliseconds beside its products' GFLOP, the GFLOP/s it achieved, and what the same
+    products take alone; then the whole iteration's achieved GFLOP/s against the machine's for its shapes."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    lines, flops_all, floor_all = [], 0.0, 0.0
+    for phase, products in phase_products(batch_size, latent_dim).items():
+        flops = sum(2 * M * K * N for _, M, K, N in products)
+        floor = product_ms(products, dtype, device)
+        flops_all, floor_all = flops_all + flops, floor_all + floor
+        lines.append(f"  {phase:45s} {parts.get(phase, float('nan')):6.2f} ms  {flops / 1e9:5.3f} GFLOP  "
+                     f"{flops / parts.get(phase, float('nan')) / 1e6:6.0f} GFLOP/s  (its products alone: {floor:.2f} ms)")
+    total = sum(parts.values())
+    lines.append(f"  whole iteration: {total:.2f} ms for {flops_all / 1e9:.3f} GFLOP of products = "
+                 f"{flops_all / total / 1e6:.0f} GFLOP/s; the same products alone take {floor_all:.2f} ms "
+                 f"({flops_all / floor_all / 1e6:.0f} GFLOP/s, this machine's rate for these shapes in {precision}), "
+                 f"{100 * floor_all / total:.0f}% of the iteration")
+    return "\n".join(lines)
+
+
 def whole_script(data_dir: str, batch_size: int, latent_dim: int, device: torch.device) -> dict[str, float]:
     """One epoch of `python my_gan.py` at its defaults, as a user starts it (its own process, so its
     own start-up settings), into a scratch folder: what a run does per iteration (weight average,
@@ -320,6 +379,7 @@ def run(args: argparse.Namespace) -> None:
             parts = breakdown(images, args.batch_size, args.latent_dim, precision, device, args.iters // 2)
             print(f"my_gan loop {precision} breakdown (ms/iter, sum {sum(parts.values()):.2f}): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+            print(against_floor(parts, args.batch_size, args.latent_dim, precision, device))
 
 
 def main(argv: list[str] | None = None) -> None:

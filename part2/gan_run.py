@@ -47,7 +47,7 @@ from cs324_utils import (
     remove_stray_tmp,
     write_json,
 )
-from file_checks import Fields, read_checkpoint, read_csv
+from file_checks import Fields, read_checkpoint, read_csv, tensors_in
 from models import parameter_count, save_generator
 from pick_precision import autocast_factory, choose_precision, time_precisions
 from stabilisers import BN_REFRESH_SIZE
@@ -386,18 +386,6 @@ def keep_freed_memory() -> bool:
                                                                                           TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
-
-
-def tensors_in(obj: Any):
-    """Every tensor of a nested dict / list (a checkpoint, an optimiser state)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from tensors_in(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from tensors_in(value)
 
 
 def read_losses(path: Path) -> list[dict[str, str]]:

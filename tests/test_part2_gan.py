@@ -21,7 +21,8 @@ import gan_run
 import my_gan
 from conftest import ROOT, SHARED_MNIST
 from cs324_utils import TrainingFailed, TrainingStopped, UserError, all_finite
-from gan_run import read_losses, tensors_in
+from file_checks import tensors_in
+from gan_run import read_losses
 from models import Discriminator, Dropout, Generator, load_generator, parameter_count, save_generator
 from my_gan import Config, train
 from pick_precision import autocast_factory

@@ -16,8 +16,8 @@ from PIL import Image
 import my_gan
 from conftest import ROOT, write_fake_mnist
 from cs324_utils import all_finite
+from file_checks import tensors_in
 from gan_run import read_losses as read_csv_rows
-from gan_run import tensors_in
 from my_gan import Config, train
 
 SCRIPT = ROOT / "part2" / "my_gan.py"

@@ -1,0 +1,66 @@
+"""The analysis scripts behind report.md: the RNN's failures, the learning-rate study, the GAN recipe study."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import lr_study
+import recipe_study
+import rnn_failures
+from conftest import write_fake_mnist
+from train import train
+
+
+def test_rnn_failures_trains_exactly_as_train_py(tmp_path: Path) -> None:
+    """The instrumented run is the sweep's run, step for step: the same validation accuracies as train.py."""
+    args = rnn_failures.parse_args(["--out", str(tmp_path / "rf"), "--threads", "1"])
+    config = rnn_failures.case_config(7, 3, 30, {"data_size": 3000}, args)
+    config = dataclasses.replace(config, eval_every=10)
+    steps, validations = rnn_failures.run_case(config)
+    assert len(steps) == 30 and all(r["grad_norm"] > 0 and r["rms_min"] > 0 and r["step_max"] > 0 for r in steps)
+    # RMSprop's step per weight is bounded by lr / sqrt(1 - alpha) = 10 lr whatever the gradient.
+    assert max(r["step_max"] for r in steps) <= 10 * config.learning_rate * (1 + 1e-5)
+    metrics = train(dataclasses.replace(config, out=str(tmp_path / "train")))
+    assert [v["val_accuracy"] for v in validations] == [h["val_accuracy"] for h in metrics["history"]]
+    assert all(sum(map(sum, v["confusion"])) == 600 for v in validations)  # 20% of 3000 palindromes
+
+
+def test_rnn_failures_writes_its_files_and_refuses_to_replace_them(tmp_path: Path) -> None:
+    out = tmp_path / "rf"
+    argv = ["--cases", "len29_seed2", "len29_seed2_lr3e-4", "len29_seed2_clip1", "len19_seed2", "--steps", "20",
+            "--out", str(out)]
+    result = rnn_failures.run(rnn_failures.parse_args(argv), "test")
+    assert set(result["cases"]) == {"len29_seed2", "len29_seed2_lr3e-4", "len29_seed2_clip1", "len19_seed2"}
+    for name in ("rnn_failures.json", "rnn_collapses.png", "rnn_plateaus.png", "steps.len29_seed2.csv"):
+        assert (out / name).stat().st_size > 100, name
+    with pytest.raises(Exception, match="--overwrite"):
+        rnn_failures.run(rnn_failures.parse_args(argv), "test")
+
+
+def test_lr_study_tables_every_cell(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "lr"
+    lr_study.study(lr_study.parse_args(["--learning_rates", "0.001", "0.01", "--lengths", "3", "--seeds", "0",
+                                        "--max_steps", "20", "--out", str(out)]), "test")
+    summary = json.loads((out / "lr_study.json").read_text())
+    assert set(summary["rates"]) == {"0.001", "0.01"} and set(summary["rates"]["0.01"]) == {"lstm 3", "rnn 3"}
+    table = (out / "lr_study.md").read_text()
+    assert table.count("| 3 |") == 2 and (out / "lr_study.png").stat().st_size > 1000
+    assert (out / "lr0.01" / "compare.json").is_file()
+
+
+def test_recipe_study_scores_each_run_and_keeps_its_losses(tmp_path: Path) -> None:
+    data = write_fake_mnist(tmp_path / "data", n_train=64, n_test=32)
+    args = recipe_study.parse_args(["--data_dir", str(data), "--no_download", "--n_epochs", "1", "--settings",
+                                    "all four", "none", "--seeds", "0", "--n_samples", "20", "--runs",
+                                    str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    recipe_study.study(args, "test")
+    summary = json.loads((tmp_path / "out" / "recipe_study.json").read_text())
+    assert set(summary["summary"]) == {"all four", "none"}
+    assert summary["summary"]["none"]["end"]["fid"][1] == 0.0  # one seed: no spread
+    for name in ("losses.csv", "config.json", "scores.json"):
+        assert (tmp_path / "out" / "none_seed0" / name).is_file()
+    config = json.loads((tmp_path / "out" / "none_seed0" / "config.json").read_text())
+    assert (config["d_dropout"], config["label_smoothing"], config["ema"], config["lr_decay"]) == (0, 0, 0, "none")
