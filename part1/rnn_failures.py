@@ -13,8 +13,10 @@ agree step for step), with a record at every step of what the update saw:
     rms_min     the smallest sqrt(v) + eps of any weight: RMSprop divides each gradient by it, where v
                 is the running mean of that weight's squared gradients (decay alpha = 0.99)
 
-and at every validation the confusion matrix: how often the network answers each digit for each true
-last digit (which equals the first). Collapses are trained again with a smaller learning rate and with
+and at every validation the confusion matrix (how often the network answers each digit for each true
+last digit, which equals the first) and two sizes of the recurrent matrix W_hh: its spectral norm (the
+most one step can stretch a vector) and its spectral radius (the rate at which its powers grow or
+shrink). Collapses are trained again with a smaller learning rate and with
 tighter clipping, to see which of them prevents the fall.
 
 Writes rnn_failures.json (settings, command, validation histories, confusion matrices), one CSV of the
@@ -107,6 +109,13 @@ def confusion(model: nn.Module, data: PalindromeDataset, indices: torch.Tensor) 
     return matrix
 
 
+@torch.no_grad()
+def recurrent_sizes(model: nn.Module) -> dict[str, float]:
+    """The spectral norm and spectral radius of W_hh."""
+    W = model.W_hh.detach().double()
+    return {"W_hh_norm": float(torch.linalg.matrix_norm(W, 2)), "W_hh_radius": float(torch.linalg.eigvals(W).abs().max())}
+
+
 def run_case(config: Config) -> tuple[list[dict], list[dict]]:
     """Train as train.py does; returns (the per-step record, the validations with their confusion matrices)."""
     torch.manual_seed(config.seed)
@@ -127,10 +136,16 @@ def run_case(config: Config) -> tuple[list[dict], list[dict]]:
             if step % config.eval_every == 0 or step == config.max_steps:
                 matrix = confusion(model, data, val_idx)
                 validations.append({"step": step, "val_accuracy": matrix.trace().item() / matrix.sum().item(),
-                                    "confusion": matrix.tolist()})
+                                    "confusion": matrix.tolist(), **recurrent_sizes(model)})
             if step == config.max_steps:
                 break
     return steps, validations
+
+
+def initial_sizes(config: Config) -> dict[str, float]:
+    """recurrent_sizes of the RNN as train.py initialises it (seeded, then built)."""
+    torch.manual_seed(config.seed)
+    return recurrent_sizes(build_model(config))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -228,8 +243,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
               f"{validations[-1]['val_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         result["cases"][name] = {
             "input_length": config.input_length, "seed": config.seed, "learning_rate": config.learning_rate,
-            "max_norm": config.max_norm, "validations": [{k: v[k] for k in ("step", "val_accuracy")}
-                                                         for v in validations]}
+            "max_norm": config.max_norm, "initial": initial_sizes(config),
+            "validations": [{k: v[k] for k in ("step", "val_accuracy", "W_hh_norm", "W_hh_radius")}
+                            for v in validations]}
         if best["val_accuracy"] < 0.5:  # never learnt: the last validation shows what it settled on
             result["plateaus"][name] = validations[-1]
         write_steps(steps[name], out / f"steps.{name}.csv")
