@@ -1,6 +1,6 @@
 """The setup part1.ipynb imports: the notebook's inputs from environment variables.
 
-The notebook's first cell puts part1/ and the repository root on sys.path ($PART1_DIR, else the
+The notebook's first cell puts part1/ and the repository root on the import path ($PART1_DIR, else the
 part1/ folder in the working folder or the nearest folder above it, so the notebook runs from
 anywhere inside the repository) and imports this module. Inputs, with the committed results as defaults:
 

@@ -1,6 +1,6 @@
 """The setup task2.ipynb and task3.ipynb share: imports, and their inputs from environment variables.
 
-Each notebook's first cell puts part2/ and the repository root on sys.path ($PART2_DIR, else the part2/
+Each notebook's first cell puts part2/ and the repository root on the import path ($PART2_DIR, else the part2/
 folder in the working folder or the nearest folder above it, so the notebooks run from anywhere inside
 the repository) and imports this module. Inputs, with the committed results as defaults:
 

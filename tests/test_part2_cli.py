@@ -11,9 +11,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ import torch
 import figures
 import train_classifier
 from classifier import DEFAULT_CLASSIFIER, load_classifier
-from conftest import ROOT, write_fake_mnist
+from conftest import ROOT, run_scripts, write_fake_mnist
 from part2_fakes import make_run_and_classifier
 
 NO_CUDA = not torch.cuda.is_available()
@@ -217,20 +215,14 @@ if NO_CUDA:
     CASES += [(script, args + " --device cuda:0", "CUDA") for script, args in ((TC, TC_ARGS), (EV, EV_ARGS), (IN, IN_ARGS))]
 
 
-def run_case(places: dict[str, str], script: str, args: str) -> subprocess.CompletedProcess | None:
-    """One command line of the table in a fresh interpreter; None when it needs a read-only folder there is none of."""
-    if "{ro}" in args and not places["ro"]:
-        return None
-    argv = [a.format(**places) for a in args.split()]
-    return subprocess.run([sys.executable, str(ROOT / "part2" / script), *argv], capture_output=True, text=True,
-                          timeout=300, cwd=places["tmp"], env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 @pytest.fixture(scope="module")
 def outcomes(places: dict[str, str]) -> list[subprocess.CompletedProcess | None]:
-    """Every case of the table, two processes at a time: most of each is the interpreter importing torch."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda case: run_case(places, *case[:2]), CASES))
+    """Every case of the table, each as its own process (forks of one interpreter that imported torch once)."""
+    runnable = [i for i, (_, args, _) in enumerate(CASES) if "{ro}" not in args or places["ro"]]
+    cases = [(str(ROOT / "part2" / CASES[i][0]), [a.format(**places) for a in CASES[i][1].split()], {})
+             for i in runnable]
+    done = dict(zip(runnable, run_scripts(cases, cwd=Path(places["tmp"]))))
+    return [done.get(i) for i in range(len(CASES))]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{s} {' '.join(a.split()[-2:])}" for s, a, _ in CASES])
@@ -281,14 +273,8 @@ def committed_outcomes(places: dict[str, str]) -> tuple[str, list[subprocess.Com
     """git status of part2/results before, every COMMITTED case (from the repository root), git status after."""
     before = results_status()
 
-    def call(case: tuple[str, str, str]) -> subprocess.CompletedProcess:
-        script, args, _ = case
-        argv = [a.format(**places) for a in args.split()]
-        return subprocess.run([sys.executable, str(ROOT / "part2" / script), *argv], capture_output=True, text=True,
-                              timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(call, COMMITTED))
+    outcomes = run_scripts([(str(ROOT / "part2" / script), [a.format(**places) for a in args.split()], {})
+                            for script, args, _ in COMMITTED])
     return before, outcomes, results_status()
 
 

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
 from classifier import DigitClassifier, load_classifier, save_classifier
-from conftest import write_fake_mnist
+from conftest import run_scripts, write_fake_mnist
 from cs324_utils import UserError
 from evaluate import score_run
 from interpolate import find_pair, interpolate, interpolation
@@ -222,7 +220,7 @@ DAMAGED = [
 
 @pytest.fixture(scope="module")
 def damaged_outcomes(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """evaluate.py and interpolate.py on each damaged generator file, each in a process of its own, two at a time."""
+    """evaluate.py and interpolate.py on each damaged generator file, each in a process of its own."""
     _, clf = tiny
     tmp = tmp_path_factory.mktemp("damaged")
     files, data = damaged_generators(tmp), write_fake_mnist(tmp / "data")
@@ -230,14 +228,9 @@ def damaged_outcomes(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathF
             "interpolate.py": ["--candidates", "500", "--out", str(tmp / "rows")]}
     cases = [(script, name) for script in args for name, _ in DAMAGED]
 
-    def call(case: tuple[str, str]) -> subprocess.CompletedProcess:
-        script, name = case
-        argv = [str(files[name]), "--classifier", str(clf), "--device", "cpu", *args[script]]
-        return subprocess.run([sys.executable, str(PART2 / script), *argv], capture_output=True, text=True,
-                              timeout=300, cwd=tmp, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(cases, pool.map(call, cases)))
+    runs = [(str(PART2 / script), [str(files[name]), "--classifier", str(clf), "--device", "cpu", *args[script]], {})
+            for script, name in cases]
+    return dict(zip(cases, run_scripts(runs, cwd=tmp)))
 
 
 @pytest.mark.parametrize("script", ["evaluate.py", "interpolate.py"])
@@ -246,7 +239,7 @@ def test_damaged_generator_file_is_one_line(damaged_outcomes: dict, script: str,
     proc = damaged_outcomes[(script, name)]
     assert_one_line_error(proc.returncode, proc.stderr, needle)
     assert f"{name}.pt" in proc.stderr and "Traceback" not in proc.stdout
-    folder = Path(proc.args[2]).parent
+    folder = Path(proc.args[0]).parent
     assert not list(folder.glob("*scores.json")) and not (folder / "rows").exists()  # nothing written
 
 
