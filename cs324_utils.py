@@ -88,7 +88,7 @@ def run_cli(prog: str, body: Callable[[], Any]) -> Any:
         sys.exit(128 + exc.signum)
     except KeyboardInterrupt as exc:  # Ctrl-C (or Stopped) before or after the training loop
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"{prog}: stopped by {signal.Signals(signum).name}; nothing more was written", file=sys.stderr)
+        print(f"{prog}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         sys.exit(128 + signum)
     except BrokenPipeError:  # output piped into a reader that went away (`| head`)
         sys.exit(1)

@@ -19,6 +19,9 @@ from torch import nn
 from cs324_utils import UserError, safe_load
 
 _MISSING = object()
+# What an optimiser's state must hold for each weight once it has stepped, and its hyper-parameters.
+STATE_KEYS = {"Adam": ("step", "exp_avg", "exp_avg_sq"), "RMSprop": ("step", "square_avg")}
+HYPER = ("lr", "eps", "weight_decay", "alpha", "momentum", "betas")
 
 
 def _shown(value: Any) -> str:
@@ -124,7 +127,8 @@ class Fields:
         return state.obj
 
     def optimizer_state(self, key: str, optimizer: torch.optim.Optimizer) -> dict:
-        """An optimiser's state dict, loaded into `optimizer`; every tensor in it finite."""
+        """An optimiser's state dict, loaded into `optimizer`: every tensor finite, each weight's moments of its
+        shape and all there (STATE_KEYS), the hyper-parameters numbers."""
         state = self.fields(key)
         for sub in ("state", "param_groups"):
             state.raw(sub)
@@ -135,6 +139,21 @@ class Fields:
             optimizer.load_state_dict(state.obj)
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
             raise self.error(key, f"does not fit this model's optimiser ({type(exc).__name__})") from None
+        wanted = STATE_KEYS.get(type(optimizer).__name__, ())
+        for group in optimizer.param_groups:
+            for name, value in group.items():
+                numbers = value if name == "betas" else [value]
+                if name in HYPER and not (isinstance(numbers, (list, tuple)) and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)):
+                    raise self.error(key, f"has a {name} that is not a number ({_shown(value)})")
+            for param in group["params"]:
+                moments = optimizer.state.get(param, {})
+                if moments and not set(wanted) <= set(moments):
+                    raise self.error(key, f"lacks {', '.join(sorted(set(wanted) - set(moments)))} for a weight")
+                for name, value in moments.items():
+                    if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != param.shape):
+                        raise self.error(key, f"holds a {name} that is {_shown(value)}, not one of the weight's "
+                                              f"shape {tuple(param.shape)}")
         return state.obj
 
     def _in_range(self, key: str, value: float, lo: float | None, hi: float | None) -> None:

@@ -125,6 +125,13 @@ RECIPE_TOOK = ("Training time not recorded in a committed file (config.json hold
 BENCH_INTRO = ("Each run: the command below, alone on the machine; the first line of each run names the machine. "
                "Absolute times move by tens of percent between runs on a virtual machine; compare within a run.")
 
+# How long the study steps took (their files' wall times), filled in from the runs.
+TOOK_TEMPLATE, SECONDS_TEMPLATE = "TBD", None
+TOOK_LR, SECONDS_LR = "TBD", None
+TOOK_INCREMENT, SECONDS_INCREMENT = "TBD", None
+TOOK_RNN_FAILURES, SECONDS_RNN_FAILURES = "TBD", None
+TOOK_RECIPE_STUDY, SECONDS_RECIPE_STUDY = "TBD", None
+
 STEPS: tuple[Step, ...] = (
     # ---------------------------------------------------------------- part 1
     Step("train_len20", 1, "the default run at input length 20 (LSTM, course defaults)",
@@ -166,6 +173,37 @@ STEPS: tuple[Step, ...] = (
          outputs=("grad_norms/grad_norms.json", "grad_norms/grad_norms.png"),
          took="233 s (wall_time_s in grad_norms.json, which also names the machine), one thread, alone on the "
               "machine.", seconds=232.6),
+    Step("template", 1, "LSTM against RNN at the template's settings (digits as numbers, forget bias 1), 3 seeds",
+         (Cmd("cd part1 && python compare.py --lengths 4 9 14 19 29 49 --lstm_lengths --seeds 0 1 2 --input_dim 1 "
+              "--lstm_init forget_bias --forget_bias 1 --target_accuracy 0 --threads 1 --out {r1}/template --overwrite",
+              quick={**Q_COMPARE, "--lengths": "4 9", "--seeds": "0"}),),
+         outputs=("template/compare.json", "template/compare.md", "template/compare.png", "template/compare_curves.png",
+                  "template/{lstm,rnn}_len*_seed*/metrics.json"),
+         took=TOOK_TEMPLATE, seconds=SECONDS_TEMPLATE),
+    Step("lr_study", 1, "the learning-rate study: five rates x four input lengths x two seeds, both models",
+         (Cmd("cd part1 && python lr_study.py --threads 1 --out {r1}/lr_study --overwrite",
+              quick={"--learning_rates": "0.001 0.01", "--lengths": "3", "--seeds": "0", "--max_steps": "20"}),),
+         outputs=("lr_study/lr_study.json", "lr_study/lr_study.md", "lr_study/lr_study.png",
+                  "lr_study/lr*/compare.{json,md,png}", "lr_study/lr*/compare_curves.png",
+                  "lr_study/lr*/{lstm,rnn}_len*_seed*/metrics.json"),
+         took=TOOK_LR, seconds=SECONDS_LR,
+         note="Each learning rate's sweep was first run by compare.py with the flags lr_study.py gives it (each "
+              "lr*/compare.json records that command); lr_study.py with --resume then kept those runs and drew the "
+              "summary."),
+    Step("increment_onehot_fb1", 1, "one-hot digits with forget bias 1 at input length 49: the increment between "
+                                    "the template's input and ours, and between forget bias 1 and chrono",
+         (Cmd("cd part1 && python compare.py --models lstm --lengths 49 --lstm_lengths --seeds 0 1 2 --input_dim 10 "
+              "--lstm_init forget_bias --forget_bias 1 --threads 1 --out {r1}/increment_onehot_fb1 --overwrite",
+              quick={**Q_COMPARE, "--lengths": "5"}),),
+         outputs=("increment_onehot_fb1/compare.{json,md,png}", "increment_onehot_fb1/compare_curves.png",
+                  "increment_onehot_fb1/lstm_len49_seed*/metrics.json"),
+         took=TOOK_INCREMENT, seconds=SECONDS_INCREMENT),
+    Step("rnn_failures", 1, "the RNN's collapses and plateaus, recorded step by step",
+         (Cmd("cd part1 && python rnn_failures.py --threads 1 --out {r1}/rnn_failures --overwrite",
+              quick={"--cases": "len29_seed2 len29_seed2_lr3e-4 len29_seed2_clip1 len19_seed2", "--steps": "20"}),),
+         outputs=("rnn_failures/rnn_failures.json", "rnn_failures/rnn_collapses.png", "rnn_failures/rnn_plateaus.png",
+                  "rnn_failures/steps.*.csv"),
+         took=TOOK_RNN_FAILURES, seconds=SECONDS_RNN_FAILURES),
     Step("bench", 1, "milliseconds per LSTM training step, four runs",
          tuple(Cmd("cd part1 && python bench.py", heading=f"run {i}", full_only=i > 1,
                    quick={"--lengths": "4", "--steps": "2", "--rounds": "1", "--layer_seconds": "0.01"})
@@ -212,8 +250,8 @@ STEPS: tuple[Step, ...] = (
               "the end and 2.841 against 2.839 halfway, confident fraction 0.9051 against 0.9047; the Inception "
               "Scores agree to four digits (9.040, 8.917), each class share to 0.01 percentage point, and the "
               "real-image row is the same."),
-    Step("figures", 2, "the start, halfway and end grids side by side",
-         (Cmd("python part2/figures.py {r2}/gan --overwrite"),),
+    Step("figures", 2, "the start, halfway and end grids side by side; the loss curves drawn again from losses.csv",
+         (Cmd("python part2/figures.py {r2}/gan --overwrite"), Cmd("python part2/figures.py {r2}/gan --losses --overwrite")),
          outputs=("gan/grids_over_training.png",), took="Not recorded (seconds)."),
     Step("interpolation", 2, "a path in latent space between two digits of different classes",
          (Cmd("python part2/interpolate.py {r2}/gan --seed 0 --overwrite", full_only=True),
@@ -247,6 +285,12 @@ STEPS: tuple[Step, ...] = (
     recipe_step("recipe_seed1", "the default recipe, seed 1", "gan200_v5_d01_seed1",
                 "--seed 1 --eval_scores --threads 1", "dropout0.1_seed1",
                 RECIPE_TOOK.format(side="after the other three, mostly alone")),
+    Step("recipe_study", 2, "the four stabilisers left out one at a time, and dropout levels, 3 seeds of 20 epochs",
+         (Cmd("python part2/recipe_study.py --data_dir {mnist} --no_download --n_epochs 20 --jobs 1 "
+              "--runs {runs2}/recipe_study --out {r2}/recipe_study --overwrite",
+              quick={"--n_epochs": "1", "--settings": "'all four' none", "--seeds": "0", "--n_samples": "20"}),),
+         outputs=("recipe_study/recipe_study.{json,md,png}", "recipe_study/*_seed*/{losses.csv,config.json,scores.json}"),
+         took=TOOK_RECIPE_STUDY, seconds=SECONDS_RECIPE_STUDY),
     Step("precision_check", 2, "bf16 autocast against float32 after 5 epochs, seeds 0 and 1",
          tuple(c for s in (0, 1) for p in ("bf16", "fp32") for c in (
              Cmd(f"python part2/my_gan.py --n_epochs 5 --precision {p} --seed {s} --threads 1 --data_dir {{mnist}} "

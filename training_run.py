@@ -1,10 +1,11 @@
 """What both training scripts need around their loop, the same for both parts.
 
     with hold_folder(out, prog):        # a second run on this folder is refused while this one runs
-        with stop_requests() as stop:   # Ctrl-C, SIGTERM, SIGHUP: the loop finishes its update and saves
+        with StopRequests() as stop:    # Ctrl-C, SIGTERM, SIGHUP: the loop finishes its update and saves
             ...
             if stop.signum:
                 save the checkpoint; raise stop.stopped("...")   # exit 128 + the signal's number
+            stop.end()                  # the loop is over: a signal now ends the script at once
 
 check_same_settings: a resume must train the same problem (the settings each part names).
 check_budget: a step budget that could not finish in a year is refused before anything is written.
@@ -16,46 +17,49 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from cs324_utils import STOP_SIGNALS, Stopped, TrainingStopped, UserError, check_writable_dir, file_mode
 from file_checks import Fields
 
 LOCK_NAME = ".run.lock"  # inside the run folder while a run holds it; removed when the run ends
 YEAR_S = 365.25 * 24 * 3600
+CHECK_ABOVE = 10**6  # updates; below this no budget can take a year
 
 
-class StopRequest:
-    """The first stop signal, remembered until the loop reaches the end of an update (0: none yet)."""
+class StopRequests:
+    """`with StopRequests() as stop:` around a training loop: a stop signal only sets stop.signum, since an
+    exception inside an update could leave a model half-updated; the loop stops between updates and its
+    checkpoint is exact. A second signal stops at once. stop.end() closes the window when the loop is over."""
 
-    signum: int = 0
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        def handler(signum: int, frame: Any) -> None:
+            if self.signum:
+                raise Stopped(signum)
+            self.signum = signum
+
+        with contextlib.suppress(ValueError):  # not the main thread: signals behave as they did
+            self._previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    def end(self) -> None:
+        """The loop is over: a signal from here on ends the script at once, and one that came during the
+        last update ends it now (a scheduler that sent SIGTERM must not see exit code 0)."""
+        self.__exit__()
+        if self.signum:
+            raise Stopped(self.signum)
 
     def stopped(self, message: str) -> TrainingStopped:
         return TrainingStopped(f"stopped by {signal.Signals(self.signum).name} {message}", self.signum)
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[StopRequest]:
-    """Within the block a stop signal only sets request.signum: an exception inside an update could leave
-    a model half-updated, so the loop stops between updates and its checkpoint is exact. A second
-    signal stops at once."""
-    request = StopRequest()
-
-    def handler(signum: int, frame: Any) -> None:
-        if request.signum:
-            raise Stopped(signum)
-        request.signum = signum
-
-    try:
-        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    except ValueError:  # not the main thread: signals behave as they did
-        yield request
-        return
-    try:
-        yield request
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -121,9 +125,14 @@ def check_same_settings(saved: Fields, config: Any, names: Sequence[str], defaul
                             f"resume with the same value, or start afresh with --overwrite")
 
 
-def check_budget(steps: int, seconds_per_step: float, flags: str) -> None:
-    """Refuse a step budget that would take over a year at the speed measured on this machine."""
-    seconds = steps * seconds_per_step
+def check_budget(steps: int, seconds_per_step: Callable[[], float], flags: str) -> None:
+    """Refuse a step budget that would take over a year at the speed measured on this machine (measured only
+    when the budget is large enough that it might)."""
+    if steps <= CHECK_ABOVE:
+        return
+    per_step = seconds_per_step()
+    seconds = min(float(steps), 1e300) * per_step
     if seconds > YEAR_S:
-        raise UserError(f"{flags} asks for {steps:,} updates: about {seconds / YEAR_S:,.0f} years at the "
-                        f"{1000 * seconds_per_step:.2f} ms an update measured here; ask for fewer")
+        years = f"{seconds / YEAR_S:,.0f}" if seconds < 1e15 * YEAR_S else f"{seconds / YEAR_S:.1e}"
+        raise UserError(f"{flags} asks for {'more than 1e300' if steps > 1e300 else f'{steps:,}'} updates: about "
+                        f"{years} years at the {1000 * per_step:.2f} ms an update measured here; ask for fewer")

@@ -12,7 +12,6 @@ With N cores and two busy jobs, a fair share is half the machine: about 2x slowe
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from cpu_threads import machine_line
 from cs324_utils import OneLineParser, UserError, run_cli
+from file_checks import read_json
 
 HERE = Path(__file__).resolve().parent
 PART2 = HERE.parent / "part2"
@@ -38,8 +38,8 @@ def part1_rate(out: Path, steps: int, extra: list[str]) -> tuple[float, int]:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise UserError(f"train.py failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    return metrics["steps"] / metrics["wall_time_s"], int(metrics["threads"])
+    metrics = read_json(out / "metrics.json", "train.py's metrics")
+    return metrics.int("steps", 1) / metrics.number("wall_time_s", 1e-9), metrics.int("threads", 1)
 
 
 def gan_rows(out: Path) -> int:

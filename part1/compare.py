@@ -115,7 +115,7 @@ def kept_run(config: Config) -> tuple[dict | None, Config]:
     out = Path(config.out)
     if (out / "metrics.json").is_file():
         metrics = read_json(out / "metrics.json", "--resume: metrics file")
-        check_same_settings(metrics.fields("config"), config)
+        check_sweep_settings(metrics.fields("config"), config)
         for key in ("val_accuracy", "wall_time_s"):
             metrics.number(key, 0)
         metrics.int("steps", 0)
@@ -124,12 +124,13 @@ def kept_run(config: Config) -> tuple[dict | None, Config]:
             entry.int("step", 0), entry.number("val_accuracy", 0, 1)
         return metrics.obj, config
     if (out / "checkpoint.pt").is_file():
-        check_same_settings(read_checkpoint(out / "checkpoint.pt", "--resume: checkpoint").fields("config"), config)
+        check_sweep_settings(read_checkpoint(out / "checkpoint.pt", "--resume: checkpoint").fields("config"), config)
         return None, dataclasses.replace(config, resume=True)
     return None, config
 
 
-def check_same_settings(saved, config: Config) -> None:
+def check_sweep_settings(saved, config: Config) -> None:
+    """A kept run must have been made with the sweep's settings (all but how and where it ran)."""
     for f in dataclasses.fields(Config):
         if f.name in MAY_DIFFER:
             continue

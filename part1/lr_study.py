@@ -8,6 +8,10 @@ template's settings (digits as numbers, the default initialisation: uniform with
 into <out>/lr<rate>/ with its own table and figures, then draws lr_study.png: per model, a heat map
 over learning rate x input length of the steps each run took to reach 99% validation accuracy, and
 lr_study.md, its table. --resume keeps the finished sweeps and runs; --overwrite trains afresh.
+
+--reuse RATE=SWEEP takes one rate's runs from a sweep compare.py made at the same settings but without
+the stop at 99.5% (the template comparison runs the template's learning rate): the study reads only
+each run's steps to 99% and its best accuracy, which that stop does not change.
 """
 from __future__ import annotations
 
@@ -34,6 +38,22 @@ def sweep_args(rate: float, args: argparse.Namespace) -> list[str]:
              "--max_steps", str(args.max_steps), "--threads", str(args.threads),
              "--out", str(Path(args.out) / f"lr{rate:g}")]
     return flags + (["--resume"] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+
+
+def reused_rows(rate: float, sweep: Path, args: argparse.Namespace) -> list[dict]:
+    """The runs of `sweep` at the study's lengths and seeds, checked to be the study's settings at `rate`."""
+    summary = read_json(sweep / compare.SUMMARY, "sweep summary")
+    swept = summary.fields("args")
+    wanted = {"learning_rate": rate, "input_dim": 1, "lstm_init": "forget_bias", "forget_bias": 1.0,
+              "max_steps": args.max_steps, "eval_every": 250}
+    for key, value in wanted.items():
+        if swept.raw(key, None) != value:
+            raise UserError(f"--reuse: {sweep} was swept with {key} {swept.raw(key, None)}, not {value}")
+    rows = [r.obj for r in summary.records("runs") if r.int("input_length", 1) in args.lengths
+            and r.int("seed", 0) in args.seeds]
+    if len(rows) != 2 * len(args.lengths) * len(args.seeds):
+        raise UserError(f"--reuse: {sweep} lacks some of the runs at lengths {args.lengths} and seeds {args.seeds}")
+    return rows
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, int], dict]:
@@ -113,12 +133,17 @@ def study(args: argparse.Namespace, command: str) -> None:
     out = check_out(args.out, args.resume, args.overwrite, "study")
     if sorted(set(args.learning_rates)) != sorted(args.learning_rates) or min(args.learning_rates) <= 0:
         raise UserError("--learning_rates must be distinct positive numbers")
-    summary = {"command": command, "lengths": args.lengths, "seeds": args.seeds, "rates": {}}
-    for rate in args.learning_rates:
-        flags = sweep_args(rate, args)
-        print(f"{PROG}: learning rate {rate:g}: python compare.py {' '.join(flags)}", flush=True)
-        compare.sweep(compare.parse_args(flags), "python compare.py " + " ".join(flags))
-        rows = read_json(Path(args.out) / f"lr{rate:g}" / compare.SUMMARY, "sweep summary").list("runs")
+    reuse = parse_reuse(args.reuse)
+    summary = {"command": command, "lengths": args.lengths, "seeds": args.seeds, "rates": {},
+               "reused": {f"{r:g}": str(d) for r, d in reuse.items()}}
+    for rate in sorted({*args.learning_rates, *reuse}):
+        if rate in reuse:
+            rows = reused_rows(rate, reuse[rate], args)
+        else:
+            flags = sweep_args(rate, args)
+            print(f"{PROG}: learning rate {rate:g}: python compare.py {' '.join(flags)}", flush=True)
+            compare.sweep(compare.parse_args(flags), "python compare.py " + " ".join(flags))
+            rows = read_json(Path(args.out) / f"lr{rate:g}" / compare.SUMMARY, "sweep summary").list("runs")
         summary["rates"][rate] = {f"{m} {length}": c for (m, length), c in cells(rows).items()}
     write_json({**summary, "rates": {f"{r:g}": v for r, v in summary["rates"].items()}}, out / SUMMARY)
     text = table(summary, args.max_steps)
@@ -127,10 +152,25 @@ def study(args: argparse.Namespace, command: str) -> None:
     print("\n" + text)
 
 
+def parse_reuse(items: list[str]) -> dict[float, Path]:
+    out = {}
+    for item in items:
+        rate, _, folder = item.partition("=")
+        try:
+            out[float(rate)] = Path(folder)
+        except ValueError:
+            raise UserError(f"--reuse takes RATE=SWEEP_FOLDER, got {item!r}") from None
+        if not folder:
+            raise UserError(f"--reuse takes RATE=SWEEP_FOLDER, got {item!r}")
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--learning_rates", type=float, nargs="+", default=list(RATES),
-                   help="RMSprop learning rates (default: 1e-4 3e-4 1e-3 3e-3 1e-2)")
+                   help="RMSprop learning rates to sweep (default: 1e-4 3e-4 1e-3 3e-3 1e-2)")
+    p.add_argument("--reuse", nargs="*", default=[], metavar="RATE=SWEEP",
+                   help="take a rate's runs from a compare.py sweep at these settings without the stop at 99.5%%")
     p.add_argument("--lengths", type=int, nargs="+", default=[9, 19, 29, 49], help="input lengths (default: 9 19 29 49)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default: 0 1)")
     p.add_argument("--max_steps", type=int, default=10_000, help="step budget per run (default: 10000)")

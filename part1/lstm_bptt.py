@@ -63,7 +63,7 @@ def backward_loop(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, W_
                   grad_h: torch.Tensor, cell: str, matmul: str) -> torch.Tensor:
     """dLoss/d(pre-activations) (T, B, 4H) from dLoss/dh_T; the "c" cell writes it over `gates`."""
     if cell == "c":
-        return _backward_c(gates, c, tanh_c, grad_h, W_h.contiguous())
+        return lstm_kernel.backward(gates, c, tanh_c, grad_h, W_h.contiguous())  # all steps in one call, over gates
     times_W_h_t = lstm_kernel.linear(W_h.t(), gates.shape[1], matmul)  # da -> W_h^T da, to h_{t-1}
     return _backward_torch(gates, c, tanh_c, grad_h, times_W_h_t)
 
@@ -184,15 +184,9 @@ def give_back_buffers(key: tuple, buffers: tuple[torch.Tensor, ...]) -> None:
         del _pool[next(iter(_pool))]  # the oldest
 
 
-def _backward_c(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
-                W_h: torch.Tensor) -> torch.Tensor:
-    """dLoss/d(pre-activations) (T, B, 4H), written over `gates`: all steps in one call of the C cell."""
-    return lstm_kernel.backward(gates, c, tanh_c, grad_h, W_h)
-
-
 def _backward_torch(gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, grad_h: torch.Tensor,
                     times_W_h_t: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """The same as _backward_c with PyTorch ops, for any device and dtype; `gates` is left as it was."""
+    """The same as lstm_kernel.backward (the C cell) with PyTorch ops, for any device and dtype; `gates` is left as it was."""
     T, B, H4 = gates.shape
     H = H4 // 4
     g, i, f, o = gates.chunk(4, dim=2)                     # each (T, B, H)

@@ -154,11 +154,13 @@ def _run_with_time_limit(cmd: list[str], seconds: float) -> tuple[int | None, st
                                 start_new_session=True)
         try:
             code = proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:  # the time limit, or a stop signal: the compiler must not outlive us
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return None, ""
+            if isinstance(exc, subprocess.TimeoutExpired):
+                return None, ""
+            raise
         err.seek(0)
         return code, err.read().decode(errors="replace")
 
@@ -186,9 +188,12 @@ def load() -> ctypes.CDLL | None:
     k = KERNELS
     if not k.build_tried:
         k.build_tried = True
+        k.unavailable["cell"] = "the build was interrupted"  # until it ends: an interrupted build is not retried
         k.lib, reason, k.openmp_why = _build()
         k.openmp = k.lib is not None and not k.openmp_why
-        if k.lib is None:
+        if k.lib is not None:
+            del k.unavailable["cell"]
+        else:
             k.unavailable["cell"] = reason
     return k.lib
 

@@ -41,7 +41,7 @@ from cs324_utils import (
     write_json,
 )
 from file_checks import Fields, read_checkpoint
-from training_run import check_budget, check_same_settings, hold_folder, stop_requests
+from training_run import StopRequests, check_budget, check_same_settings, hold_folder
 
 PROG = "train.py"
 CHECKPOINT, METRICS, CURVES = "checkpoint.pt", "metrics.json", "curves.png"
@@ -55,7 +55,8 @@ RESUME_MUST_MATCH = ("model", "input_length", "input_dim", "num_classes", "num_h
 RESUME_MAY_CHANGE = ("max_epoch", "max_steps", "target_accuracy", "eval_every", "device", "threads", "lstm_impl")
 # How this invocation runs, not what it trains.
 RUN_CONTROL = ("out", "resume", "overwrite", "progress")
-CHECK_BUDGET_ABOVE = 10**6  # steps; below this no budget can take a year
+HISTORY_KEYS = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "time")
+EVAL_BATCH = 2048  # validation samples per forward pass (no gradients kept)
 
 
 @dataclass
@@ -114,15 +115,14 @@ class PalindromeRun:
         """Restore a resume's state into these objects (or clear an earlier run), print the run's first
         line, and from here on let a stop signal end the loop between updates. Returns where it starts."""
         self.model, self.optimizer, self.shuffle = model, optimizer, shuffle
-        if self.total > CHECK_BUDGET_ABOVE:
-            check_budget(self.total, seconds_per_step(model, self.config, self.device),
-                         f"--max_epoch {self.config.max_epoch} (--max_steps {self.config.max_steps})")
+        check_budget(self.total, lambda: seconds_per_step(model, self.config, self.device),
+                     f"--max_epoch {self.config.max_epoch} (--max_steps {self.config.max_steps})")
         place = Place(0, 0) if self.ckpt is None else self._restore(self.ckpt)
         if self.ckpt is None and self.config.overwrite:
             for name in (CHECKPOINT, METRICS, CURVES):  # nothing of the earlier run may pass for this one's
                 (self.out / name).unlink(missing_ok=True)
         print(self.describe(), flush=True)
-        self.stop = self.stack.enter_context(stop_requests())
+        self.stop = self.stack.enter_context(StopRequests())
         from tqdm import tqdm
         self.bar = tqdm(total=self.total, initial=place.step, desc=self.title, disable=not self.config.progress,
                         dynamic_ncols=True)
@@ -138,19 +138,31 @@ class PalindromeRun:
                             f"steps that --max_epoch {c.max_epoch} and --max_steps {c.max_steps} give")
         self.model.load_state_dict(ckpt.state_dict("model", self.model))
         ckpt.optimizer_state("optimizer", self.optimizer)
+        if any(g["lr"] != self.config.learning_rate for g in self.optimizer.param_groups):
+            raise ckpt.error("optimizer", f"holds a learning rate other than --learning_rate {self.config.learning_rate}")
         try:
             self.shuffle.set_state(ckpt.tensor("shuffle_state", None, torch.uint8))
         except (RuntimeError, ValueError) as exc:
             raise ckpt.error("shuffle_state", f"is not a random state ({type(exc).__name__})") from None
+        per_epoch = self.config.steps_per_epoch()
         self.epoch = ckpt.int("epoch", 0)
-        self.batch_in_epoch = ckpt.int("batch_in_epoch", 0, self.config.steps_per_epoch() - 1)
+        self.batch_in_epoch = ckpt.int("batch_in_epoch", 0, per_epoch - 1)
+        if step != self.epoch * per_epoch + self.batch_in_epoch:
+            raise ckpt.error("step", f"is {step}, not epoch {self.epoch} x {per_epoch} + batch {self.batch_in_epoch}")
         for entry in ckpt.records("history"):
-            for key in ("step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "time"):
+            if set(entry.obj) != set(HISTORY_KEYS):
+                raise entry.error("", f"must hold exactly {', '.join(HISTORY_KEYS)}")
+            for key in HISTORY_KEYS:
                 entry.number(key)
         self.history = ckpt.list("history")
         window = ckpt.fields("window")
         self.window = {k: window.number(k, 0) for k in ("loss", "correct", "count")}
-        self.resumes = [r.obj for r in ckpt.records("resumes")]
+        for entry in ckpt.records("resumes"):
+            entry.int("step", 0), entry.fields("changed")
+            if not all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, (str, int, float, bool)) for x in v)
+                       for v in entry.obj["changed"].values()):
+                raise entry.error("changed", "must map settings to [old, new] values")
+        self.resumes = ckpt.list("resumes")
         saved, defaults = ckpt.fields("config").obj, type(self.config)()
         changed = {k: [saved.get(k, getattr(defaults, k)), getattr(self.config, k)] for k in RESUME_MAY_CHANGE
                    if saved.get(k, getattr(defaults, k)) != getattr(self.config, k)}
@@ -250,6 +262,7 @@ class PalindromeRun:
 
     def finish(self, step: int) -> dict:
         """metrics.json and curves.png; returns the metrics."""
+        self.stop.end()
         history = self.history
         metrics = {
             "config": dataclasses.asdict(self.config),
@@ -287,7 +300,7 @@ def memory_estimate(config: Any) -> tuple[float, str]:
     # Backward keeps each step's gate activations, c, h and tanh(c), and builds their gradients.
     per_sample_step = D + 3 * gates + 4 * H
     n_val = config.data_size - int(config.data_size * config.portion_train)
-    eval_batch = 2048
+    eval_batch = EVAL_BATCH
     parts = [
         (4 * 4 * n_params, f"--num_hidden {H} (weights, gradients, RMSprop state, clipping)"),
         (4 * config.batch_size * T * per_sample_step,

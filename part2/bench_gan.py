@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from cpu_threads import machine_line
 from cs324_utils import OneLineParser, UserError, check_threads, pick_device, run_cli, set_seed
+from file_checks import read_json
 from models import Discriminator, Dropout, Generator
 from my_gan import Config, adam, train_step
 from pick_precision import autocast_factory
@@ -254,7 +255,6 @@ def whole_script(data_dir: str, batch_size: int, latent_dim: int, device: torch.
     own start-up settings), into a scratch folder: what a run does per iteration (weight average,
     logging, sample grids, snapshots, checkpoint) from its summary line, and its start-up.
     It runs with the benchmark's device, sizes and thread count, so its row compares with the others."""
-    import json
     import re
     import subprocess
     import tempfile
@@ -271,7 +271,7 @@ def whole_script(data_dir: str, batch_size: int, latent_dim: int, device: torch.
         if done.returncode != 0 or summary is None:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise UserError(f"my_gan.py failed (exit {done.returncode}): {last}")
-        precision = json.loads((out / "config.json").read_text())["precision"]
+        precision = read_json(out / "config.json", "my_gan.py's config").str("precision", ("bf16", "fp32"))
     iterations, seconds = int(summary[1]), float(summary[2])
     print("\n".join(line for line in done.stdout.splitlines() if line.startswith("my_gan.py: ")))  # its own lines
     return {"ms_per_iter": 1000 * seconds / iterations, "startup_s": wall - seconds, "precision": precision}

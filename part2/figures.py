@@ -23,7 +23,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from cs324_utils import OneLineParser, UserError, atomic_write, refuse_replacing, run_cli
 from file_checks import Fields, read_json
-from gan_run import SNAPSHOTS, read_losses
+from gan_run import SNAPSHOTS, plot_losses, read_losses
 
 PROG = "figures.py"
 FILE = "grids_over_training.png"
@@ -246,12 +246,25 @@ def write_grids_figure(run_dir: str | Path, out: str | Path | None = None, scale
     return path
 
 
+def write_losses_figure(run_dir: str | Path, overwrite: bool = False) -> Path:
+    """Draw RUN_DIR/losses.png again from RUN_DIR/losses.csv (as my_gan.py draws it at the end of a run)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "losses.png"
+    refuse_replacing(path, overwrite)
+    if not read_losses(run_dir / "losses.csv"):
+        raise UserError(f"{run_dir / 'losses.csv'} is missing or holds no rows")
+    plot_losses(run_dir / "losses.csv", path)
+    return path
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run folder of my_gan.py (holding grid_start.png, grid_half.png, grid_end.png)")
     p.add_argument("--out", default=None, help=f"the PNG to write (default: RUN_DIR/{FILE})")
     p.add_argument("--scale", type=int, default=3,
                    help=f"PNG pixels per grid pixel, {MIN_SCALE} to {MAX_SCALE} (default: 3)")
+    p.add_argument("--losses", action="store_true",
+                   help="instead, draw RUN_DIR/losses.png again from RUN_DIR/losses.csv")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the PNG if it exists; needed to write into part2/results")
     return p.parse_args(argv)
@@ -259,7 +272,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    path = run_cli(PROG, lambda: write_grids_figure(args.run_dir, args.out, args.scale, args.overwrite))
+    if args.losses:
+        path = run_cli(PROG, lambda: write_losses_figure(args.run_dir, args.overwrite))
+    else:
+        path = run_cli(PROG, lambda: write_grids_figure(args.run_dir, args.out, args.scale, args.overwrite))
     print(f"{PROG}: wrote {path}")
 
 

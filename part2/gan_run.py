@@ -14,7 +14,8 @@ Every file is written atomically (temp file, then rename) except the rows append
 which a resume truncates to the checkpoint. A folder that holds a run is continued (--resume) or
 started afresh (--overwrite), never silently replaced, and a second run on a folder is refused while
 the first holds it. A run stopped by Ctrl-C, SIGTERM or SIGHUP and resumed writes the same files,
-bit for bit, as one that ran straight through (apart from the times and the command in config.json).
+bit for bit, as one that ran straight through (config.json aside: it records the command, where the run
+resumed, and a thread count chosen afresh).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from file_checks import Fields, read_checkpoint, read_csv, tensors_in
 from models import parameter_count, save_generator
 from pick_precision import autocast_factory, choose_precision, time_precisions
 from stabilisers import BN_REFRESH_SIZE
-from training_run import check_budget, check_same_settings, hold_folder, stop_requests
+from training_run import StopRequests, check_budget, check_same_settings, hold_folder
 
 PROG = "my_gan.py"
 LOG_EVERY = 50  # iterations averaged into one row of losses.csv
@@ -61,14 +62,13 @@ SNAPSHOTS = ("start", "half", "end")
 RUN_MARKERS = ("checkpoint.pt", "config.json", "losses.csv", "losses.png", "scores.json",
                *(f"generator_{t}.pt" for t in SNAPSHOTS), *(f"grid_{t}.png" for t in SNAPSHOTS))
 # A resumed run must train the same problem on the same data: --resume refuses other values of these.
-# The others may change: n_epochs (which stretches the --lr_decay schedule), save_interval, where and
-# how the run is kept, and device, threads and precision "auto" (which continues as first resolved).
 RESUME_MUST_MATCH = ("latent_dim", "batch_size", "lr", "d_dropout", "label_smoothing", "ema", "lr_decay", "seed",
                      "data_dir")
-# These may change (precision only from a value to auto, which continues as the run was trained).
+# These may change: n_epochs (which stretches the --lr_decay schedule), where and how the run is kept and
+# where it runs; precision only to auto, which continues in the precision the run was trained in.
 RESUME_MAY_CHANGE = ("n_epochs", "save_interval", "out", "resume", "overwrite", "device", "precision", "threads",
                      "download", "eval_scores")
-CHECK_BUDGET_ABOVE = 10**6  # iterations; below this no budget can take a year
+FLOOR_S = 1e-4  # a lower bound of an iteration anywhere (a GFLOP of products at 10 TFLOP/s)
 # glibc's mallopt parameters (malloc.h): freed blocks up to 32 MB stay in the heap, up to 1 GB of them.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD = -1, -3, 32 << 20, 1 << 30
 
@@ -100,6 +100,7 @@ class GanRun:
         self.window: list[torch.Tensor] = []  # train_step's stats since the last row of losses.csv
         self.stack = contextlib.ExitStack()
         self.governor: ThreadGovernor | None = None
+        self.step_seconds: dict[str, float] = {}  # a G and D step per precision, where --precision auto timed them
         self.bar: Any = None
         self.started = time.perf_counter()
         self.first_iteration = 0
@@ -148,6 +149,7 @@ class GanRun:
             if done >= config.n_epochs:
                 raise UserError(f"--resume: the checkpoint has already completed {done} epochs; "
                                 f"raise --n_epochs above {done} to continue")
+        self.scorer = load_scorer() if config.eval_scores else None  # now rather than after hours of training
         threads, self.threads_why = set_threads(config.threads)
         self.threads = threads
         keep_freed_memory()
@@ -162,35 +164,32 @@ class GanRun:
         precision the run was trained in.
         """
         asked, device = self.config.precision, self.device
-        if self.ckpt is not None and asked == "auto":
-            self.precision = self.ckpt.fields("config").str("precision", ("bf16", "fp32"))
-            self.precision_why = "as the checkpoint was trained"
-        elif device.type == "mps" and asked != "fp32":
+        trained_in = self.ckpt.fields("config").str("precision", ("bf16", "fp32")) if self.ckpt is not None else None
+        if device.type == "mps" and asked != "fp32":
             self.precision, self.precision_why = "fp32", "bf16 autocast is not used on mps"
         elif device.type == "cuda" and asked != "fp32" and not torch.cuda.is_bf16_supported():
             self.precision, self.precision_why = "fp32", "this GPU has no bf16"
+        elif trained_in is not None:  # auto continues as the run was trained (a different value was refused)
+            self.precision, self.precision_why = trained_in, "as the checkpoint was trained"
         elif asked != "auto":
             self.precision, self.precision_why = asked, "--precision"
         elif device.type != "cpu":  # these small layers are launch-bound on a GPU: bf16 would only add casts
             self.precision, self.precision_why = "fp32", "auto on a GPU"
         else:
-            self.precision, self.precision_why = choose_precision(generator, discriminator, self.config.batch_size,
-                                                                  device)
-        self.models = (generator, discriminator)
+            self.precision, self.precision_why, self.step_seconds = choose_precision(
+                generator, discriminator, self.config.batch_size, device)
         return autocast_factory(self.precision, device)
 
     def start(self, generator: nn.Module, discriminator: nn.Module, ema: nn.Module | None,
               opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, shuffle: torch.Generator,
-              fixed_noise: torch.Tensor, n_train: int, iters_per_epoch: int, half: int) -> Place:
+              fixed_noise: torch.Tensor, n_train: int, iters_per_epoch: int, total: int, half: int) -> Place:
         """Restore a resume's state into these objects (or clear an earlier run's outputs), write config.json,
         and from here on let a stop signal end the loop between updates. Returns where training starts."""
         config = self.config
         self.state = dict(generator=generator, discriminator=discriminator, ema=ema, opt_g=opt_g, opt_d=opt_d,
                           shuffle=shuffle, fixed_noise=fixed_noise)
-        self.iters_per_epoch, self.total, self.half = iters_per_epoch, config.n_epochs * iters_per_epoch, half
-        if self.total > CHECK_BUDGET_ABOVE:
-            seconds = min(time_precisions(generator, discriminator, config.batch_size, self.device).values())
-            check_budget(self.total, seconds, f"--n_epochs {config.n_epochs}")
+        self.iters_per_epoch, self.total, self.half = iters_per_epoch, total, half
+        check_budget(total, lambda: self._seconds_per_update(generator, discriminator), f"--n_epochs {config.n_epochs}")
         place = Place(0, 0, 0, fixed_noise) if self.ckpt is None else self._restore(self.ckpt)
         if self.ckpt is None:
             self._clear()
@@ -206,11 +205,20 @@ class GanRun:
               f"({self.threads_why}); {iters_per_epoch} iterations/epoch of {config.batch_size}, "
               f"{'resuming at iteration ' + str(place.iteration) if self.ckpt is not None else 'new run'} "
               f"-> {self.out}", flush=True)
-        self.stop = self.stack.enter_context(stop_requests())
+        self.stop = self.stack.enter_context(StopRequests())
         from tqdm import tqdm
         self.bar = tqdm(total=self.total, initial=place.iteration, unit="it", dynamic_ncols=True, mininterval=0.5)
         self.started = time.perf_counter()
         return place
+
+    def _seconds_per_update(self, generator: nn.Module, discriminator: nn.Module) -> float:
+        """An iteration's time here: a G and D step as --precision auto timed it, timed now on a CPU (copies, the
+        random state forked), or FLOOR_S elsewhere."""
+        if self.precision in self.step_seconds:
+            return self.step_seconds[self.precision]
+        if self.device.type != "cpu":
+            return FLOOR_S
+        return time_precisions(generator, discriminator, self.config.batch_size, self.device)[self.precision]
 
     def _restore(self, ckpt: Fields) -> Place:
         """The checkpoint's weights, optimiser moments, noise, RNG streams, unlogged stats and place."""
@@ -224,7 +232,7 @@ class GanRun:
         epoch = ckpt.int("epoch", 0, config.n_epochs - 1)
         batch = ckpt.int("batch_in_epoch", 0, self.iters_per_epoch - 1)
         iteration = ckpt.int("iteration", epoch * self.iters_per_epoch + batch, epoch * self.iters_per_epoch + batch)
-        noise = ckpt.tensor("fixed_noise", (25, config.latent_dim), torch.float32)
+        noise = s["fixed_noise"] = ckpt.tensor("fixed_noise", (25, config.latent_dim), torch.float32)
         window = ckpt.tensor("window", None, torch.float32) if ckpt.has("window") else torch.empty(0, 4)
         if window.dim() != 2 or window.shape[1] != 4 or window.shape[0] >= LOG_EVERY:
             raise ckpt.error("window", f"must have shape (under {LOG_EVERY}, 4), not {tuple(window.shape)}")
@@ -239,10 +247,11 @@ class GanRun:
                 torch.mps.set_rng_state(rng.tensor("mps", None, torch.uint8))
         except (RuntimeError, ValueError) as exc:
             raise ckpt.error("rng", f"is not a random state this torch can restore ({type(exc).__name__})") from None
-        saved_epochs = ckpt.fields("config").int("n_epochs", 1)
-        if iteration > self.half and saved_epochs != config.n_epochs:
-            print(f"{PROG}: note: the new halfway point (iteration {self.half}) has already passed; "
-                  f"grid_half.png stays the one of the earlier schedule")
+        taken = ckpt.int("half_iteration", 1, default=None)  # where grid_half.png was drawn, if it has been
+        if taken is not None and taken <= iteration and taken != self.half:
+            print(f"{PROG}: note: the halfway grid was drawn at iteration {taken} of the earlier schedule; the new "
+                  f"halfway point, iteration {self.half}, has passed, so grid_half.png stays that one")
+            self.half = taken
         return Place(epoch, batch, iteration, noise)
 
     def _clear(self) -> None:
@@ -314,7 +323,7 @@ class GanRun:
             **({} if s["ema"] is None else {"generator_ema": s["ema"].state_dict()}),
             "opt_g": s["opt_g"].state_dict(), "opt_d": s["opt_d"].state_dict(),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch,  # updates done in epoch `epoch` (0 at its start)
-            "iteration": self.iteration, "rng": rng, "window": window,
+            "iteration": self.iteration, "rng": rng, "window": window, "half_iteration": self.half,
             "config": {**asdict(self.config), "precision": self.precision}, "fixed_noise": s["fixed_noise"].cpu(),
         }
         if not all_finite(list(tensors_in(state))):
@@ -325,6 +334,7 @@ class GanRun:
 
     def finish(self) -> dict[str, Any]:
         """The loss plot, a summary line; scores of the three generators with --eval_scores."""
+        self.stop.end()
         plot_losses(self.csv, self.out / "losses.png")
         seconds, done = time.perf_counter() - self.started, self.iteration - self.first_iteration
         changes = 0 if self.governor is None else self.governor.changes
@@ -339,9 +349,9 @@ class GanRun:
             "generators": {t: self.out / f"generator_{t}.pt" for t in SNAPSHOTS},
             "losses_csv": self.csv, "losses_png": self.out / "losses.png",
         }
-        if self.config.eval_scores:
-            summary["scores"] = load_scorer()(self.out, data_dir=self.config.data_dir, device=self.device,
-                                              download=self.config.download)
+        if self.scorer is not None:
+            summary["scores"] = self.scorer(self.out, data_dir=self.config.data_dir, device=self.device,
+                                            download=self.config.download)
         return summary
 
     def diverged(self, what: str) -> TrainingFailed:
@@ -425,7 +435,7 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     ax2.plot(it, [float(r["d_fake"]) for r in rows], label="D(G(z)), generated images")
     ax2.set(xlabel="iteration", ylabel="mean sigmoid output of D", ylim=(0, 1), title="discriminator outputs")
     ax2.legend()
-    fig.suptitle(f"GAN training, {png_path.parent.name}")
+    fig.suptitle(f"GAN training in {png_path.parent.name}/: each point a mean over {LOG_EVERY} iterations")
     fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 

@@ -9,12 +9,13 @@ losses of objective (10) (train_step), the loop (train) and the grids (save_grid
 are on by default (stabilisers.py; report.md measures each); `--d_dropout 0 --label_smoothing 0
 --ema 0 --lr_decay none` is the template's plain recipe. What a long run needs besides (its folder
 and checkpoints, --resume, stop signals, the precision and thread choices) lives in gan_run.py and
-is used through `run`: without the lines that use it, a plain GAN loop remains.
+is used through the calls on `run`; every other line is the GAN.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from cs324_utils import OneLineParser, TrainingFailed, UserError, atomic_write, run_cli
+from cs324_utils import OneLineParser, TrainingFailed, UserError, atomic_write, check_seed, run_cli
 from gan_run import GanRun
 from mnist_data import load_mnist
 from models import Discriminator, Generator
@@ -63,12 +64,11 @@ class Config:
         """Refuse impossible values before any data or model is touched; returns the resolved settings."""
         for name in ("n_epochs", "batch_size", "latent_dim", "save_interval"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"--{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**15:
+                raise UserError(f"--{name} must be a positive integer up to 10^15, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive number, got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise UserError(f"--seed must be an integer from 0 to {2**32 - 1}, got {self.seed!r}")
+        check_seed(self.seed)
         for name in ("d_dropout", "label_smoothing", "ema"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
@@ -167,7 +167,7 @@ def train(config: Config, command: str | None = None) -> dict:
         total = config.n_epochs * iters_per_epoch
         half = max(total // 2, 1)
         at = run.start(generator, discriminator, average.model, opt_g, opt_d, shuffle, fixed_noise,
-                       len(images), iters_per_epoch, half)  # on --resume: the checkpoint's state and place
+                       len(images), iters_per_epoch, total, half)  # on --resume: the checkpoint's state and place
         fixed_noise, iteration = at.fixed_noise.to(device), at.iteration
         if iteration == 0:
             sampler = average.sampler()
@@ -249,7 +249,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 def main(argv: list[str] | None = None) -> None:
     """One line on stderr and exit 2 for bad input, 1 on divergence, 128 + signal after Ctrl-C or SIGTERM."""
     config = parse_args(argv)
-    command = " ".join([Path(sys.executable).name, *sys.argv] if argv is None else ["my_gan.py", *argv])
+    command = shlex.join([Path(sys.executable).name, *sys.argv] if argv is None else ["my_gan.py", *argv])
     run_cli("my_gan.py", lambda: train(config, command))
 
 

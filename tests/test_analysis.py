@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import compare
 import lr_study
 import recipe_study
 import rnn_failures
@@ -41,14 +42,23 @@ def test_rnn_failures_writes_its_files_and_refuses_to_replace_them(tmp_path: Pat
 
 
 def test_lr_study_tables_every_cell(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One rate swept here, one taken from a sweep without the stop at 99.5% (as the template comparison is)."""
+    sweep = ["--lengths", "3", "--lstm_lengths", "--seeds", "0", "--input_dim", "1", "--lstm_init", "forget_bias",
+             "--max_steps", "20", "--threads", "1"]
+    compare.sweep(compare.parse_args([*sweep, "--target_accuracy", "0", "--out", str(tmp_path / "tpl")]), "test")
     out = tmp_path / "lr"
-    lr_study.study(lr_study.parse_args(["--learning_rates", "0.001", "0.01", "--lengths", "3", "--seeds", "0",
-                                        "--max_steps", "20", "--out", str(out)]), "test")
+    lr_study.study(lr_study.parse_args(["--learning_rates", "0.01", "--reuse", f"0.001={tmp_path / 'tpl'}",
+                                        "--lengths", "3", "--seeds", "0", "--max_steps", "20", "--out", str(out)]),
+                   "test")
     summary = json.loads((out / "lr_study.json").read_text())
     assert set(summary["rates"]) == {"0.001", "0.01"} and set(summary["rates"]["0.01"]) == {"lstm 3", "rnn 3"}
     table = (out / "lr_study.md").read_text()
     assert table.count("| 3 |") == 2 and (out / "lr_study.png").stat().st_size > 1000
-    assert (out / "lr0.01" / "compare.json").is_file()
+    assert (out / "lr0.01" / "compare.json").is_file() and not (out / "lr0.001").exists()
+    with pytest.raises(Exception, match="learning_rate"):  # a sweep at another rate is refused
+        lr_study.study(lr_study.parse_args(["--learning_rates", "0.01", "--reuse", f"0.003={tmp_path / 'tpl'}",
+                                            "--lengths", "3", "--seeds", "0", "--max_steps", "20",
+                                            "--out", str(tmp_path / "lr2")]), "test")
 
 
 def test_recipe_study_scores_each_run_and_keeps_its_losses(tmp_path: Path) -> None:
