@@ -153,6 +153,55 @@ def layer_timings(batch: int, hidden: int, budget_s: float) -> list[str]:
     return lines
 
 
+def step_parts(length: int, args, rounds: int = 10) -> list[str]:
+    """Where a training step of the C cell goes at this length, against the floor of its products: the
+    forward and backward recurrences (one C call each), the weight gradient of W_h (one torch.mm), and the
+    rest of the step; each the fastest of `rounds`. The products' GFLOP/s beside the machine's rate for the
+    same product shape through torch.mm (CPU only, the C cell built)."""
+    T, B, H = length, args.batch_size, args.num_hidden
+    rng = torch.Generator().manual_seed(0)
+    model = LSTM(T, args.input_dim, H, 10)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    x, y = torch.randn(B, T, args.input_dim, generator=rng), torch.randint(0, 10, (B,), generator=rng)
+    pre, W_h = torch.randn(T, B, 4 * H, generator=rng), torch.randn(4 * H, H, generator=rng) / H ** 0.5
+    gates, tanh_c = torch.empty(T, B, 4 * H), torch.empty(T, B, H)
+    c, h, grad_h = torch.zeros(T + 1, B, H), torch.zeros(T + 1, B, H), torch.randn(B, H, generator=rng)
+    grad_a, hs = torch.randn(T * B, 4 * H, generator=rng), torch.randn(T * B, H, generator=rng)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+
+    def forward() -> None:
+        gates.copy_(pre)
+        lstm_kernel.forward(gates, W_h.t().contiguous(), c, tanh_c, h)
+
+    parts = {"copy of the input projection": lambda: gates.copy_(pre),
+             "forward recurrence (C)": forward,
+             "forward and backward recurrence (C)": lambda: (forward(), lstm_kernel.backward(gates, c, tanh_c, grad_h,
+                                                                                             W_h)),
+             "weight gradient of W_h (torch.mm)": lambda: grad_a[B:].t() @ hs[:(T - 1) * B],
+             "whole step": step,
+             "same product shape as the recurrence, torch.mm": lambda: hs[:B] @ W_h.t()}
+    with lstm_kernel.forcing("c"):
+        ms = {k: lstm_kernel.time_interleaved({k: f}, 0, rounds, min)[k] / 1000 for k, f in parts.items()}
+    forward = ms["forward recurrence (C)"] - ms["copy of the input projection"]
+    backward = ms["forward and backward recurrence (C)"] - ms["forward recurrence (C)"]
+    grad_w, whole = ms["weight gradient of W_h (torch.mm)"], ms["whole step"]
+    flops_rec, flops_w = 2 * 2 * T * B * H * 4 * H, 2 * (T - 1) * B * H * 4 * H
+    rate = 2 * B * H * 4 * H / ms["same product shape as the recurrence, torch.mm"] / 1e6
+    floor = (flops_rec + flops_w) / rate / 1e6
+    return [f"input length {T}: where a training step of the C cell goes (ms, fastest of {rounds})",
+            f"  forward recurrence {forward:.2f}, backward recurrence {backward:.2f}, weight gradient of W_h "
+            f"{grad_w:.2f}, the rest (input projection, head, loss, clipping, RMSprop) {whole - forward - backward - grad_w:.2f}; "
+            f"whole step {whole:.2f}",
+            f"  products: {(flops_rec + flops_w) / 1e9:.2f} GFLOP, {(flops_rec + flops_w) / whole / 1e6:.0f} GFLOP/s over the "
+            f"whole step; torch.mm does this product shape at {rate:.0f} GFLOP/s, so the products alone would take "
+            f"{floor:.1f} ms ({100 * floor / whole:.0f}% of the step)"]
+
+
 def parse_args(argv: list[str] | None = None):
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[19, 99], help="input lengths (default: 19 99)")
@@ -190,6 +239,8 @@ def run(args) -> None:
           f"({info['how']['matmul']}); its timings (us): {info['timings_us']}")
     for length in args.lengths:
         print("\n" + "\n".join(bench_length(length, args, device, chosen, combos) + notes))
+        if device.type == "cpu" and lstm_kernel.load() is not None:
+            print("\n".join(step_parts(length, args)))
     if device.type == "cpu" and args.layer_seconds > 0:
         print("\n" + "\n".join(layer_timings(args.batch_size, args.num_hidden, args.layer_seconds)))
 
