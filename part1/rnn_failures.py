@@ -14,7 +14,7 @@ agree step for step), with a record at every step of what the update saw:
                 is the running mean of that weight's squared gradients (decay alpha = 0.99)
 
 and at every validation the confusion matrix (how often the network answers each digit for each true
-last digit, which equals the first) and two sizes of the recurrent matrix W_hh: its spectral norm (the
+last digit, which equals the first; rnn_plateaus.png shows it where a run sits on a plateau) and two sizes of the recurrent matrix W_hh: its spectral norm (the
 most one step can stretch a vector) and its spectral radius (the rate at which its powers grow or
 shrink). Collapses are trained again with a smaller learning rate and with
 tighter clipping, to see which of them prevents the fall.
@@ -54,7 +54,7 @@ from train import Config, build_model
 
 HERE = Path(__file__).resolve().parent
 PROG = "rnn_failures.py"
-JSON, COLLAPSES, PLATEAUS = "rnn_failures.json", "rnn_collapses.png", "rnn_plateaus.png"
+JSON, COLLAPSES_PNG, PLATEAUS_PNG = "rnn_failures.json", "rnn_collapses.png", "rnn_plateaus.png"
 EVAL_EVERY = 250
 FIELDS = ("step", "loss", "grad_norm", "step_max", "rms_min")
 # (name, input length, seed, steps, changes to the sweep's settings): the sweep's runs that collapsed,
@@ -69,6 +69,8 @@ CASES = (
     ("len49_seed0", 49, 0, 10_000, {}),
     ("len19_seed2", 19, 2, 10_000, {}),
 )
+# (case, step): validations on a plateau, whose confusion matrices rnn_plateaus.png shows.
+PLATEAUS = (("len19_seed2", 2500), ("len29_seed2", 10_000), ("len49_seed0", 10_000), ("len29_seed0_clip1", 10_000))
 
 
 def case_config(length: int, seed: int, steps: int, changes: dict, args: argparse.Namespace) -> Config:
@@ -199,20 +201,37 @@ def smooth(values: list[float], width: int = 25) -> list[float]:
     return out
 
 
+def plateaus(result: dict) -> dict[str, dict]:
+    """PLATEAUS found in this result: the accuracy there, the confusion matrix, and the digit answered most
+    often for each first digit (the groups the network still tells apart)."""
+    out = {}
+    for name, step in PLATEAUS:
+        validations = result["cases"].get(name, {}).get("validations", [])
+        # at the plateau's step, or at the end of a run shorter than that (--steps)
+        v = next((v for v in validations if v["step"] >= step), validations[-1] if validations else None)
+        if v is not None:
+            step = v["step"]
+            answers = [max(range(10), key=lambda a, row=row: row[a]) for row in v["confusion"]]
+            out[f"{name} step {step}"] = {"case": name, "step": step, "val_accuracy": v["val_accuracy"],
+                                          "answers": answers, "confusion": v["confusion"]}
+    return out
+
+
 def plot_plateaus(result: dict, path: Path) -> None:
-    """For runs on a plateau: the confusion matrix at its last validation, as row fractions."""
+    """The confusion matrices of the validations on a plateau, as row fractions."""
     from matplotlib.figure import Figure
 
-    names = [name for name, *_ in CASES if name in result["plateaus"]]
-    fig = Figure(figsize=(4.6 * len(names), 4.6))
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
-    for ax, name in zip(axes, names):
-        plateau = result["plateaus"][name]
+    found = result["plateaus"]
+    fig = Figure(figsize=(4.4 * len(found), 4.6))
+    axes = fig.subplots(1, len(found), squeeze=False)[0]
+    for ax, plateau in zip(axes, found.values()):
         matrix = torch.tensor(plateau["confusion"], dtype=torch.float)
         shares = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
         ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+        case = result["cases"][plateau["case"]]
         ax.set(xticks=range(10), yticks=range(10), xlabel="the network's answer", ylabel="true last (= first) digit",
-               title=f"{name.replace('_', ', ')}: step {plateau['step']:,}, accuracy {plateau['val_accuracy']:.3f}")
+               title=f"length {case['input_length']}, seed {case['seed']}, lr {case['learning_rate']:g}, clip "
+                     f"{case['max_norm']:g}\nstep {plateau['step']:,}: accuracy {plateau['val_accuracy']:.3f}")
         ax.title.set_fontsize(9)
     fig.suptitle("The RNN on a plateau: which digit it answers for each first digit (row fractions)")
     fig.tight_layout()
@@ -230,7 +249,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         raise UserError(f"--cases: no case {unknown[0]!r} (choose from {', '.join(c[0] for c in CASES)})")
     configs = {name: case_config(length, seed, args.steps or steps, changes, args)
                for name, length, seed, steps, changes in cases}
-    for name in (JSON, COLLAPSES, PLATEAUS, *(f"steps.{n}.csv" for n in configs)):
+    for name in (JSON, COLLAPSES_PNG, PLATEAUS_PNG, *(f"steps.{n}.csv" for n in configs)):
         refuse_replacing(out / name, args.overwrite)
     check_writable_dir(out)
     set_threads(args.threads)
@@ -244,20 +263,18 @@ def run(args: argparse.Namespace, command: str) -> dict:
         result["cases"][name] = {
             "input_length": config.input_length, "seed": config.seed, "learning_rate": config.learning_rate,
             "max_norm": config.max_norm, "initial": initial_sizes(config),
-            "validations": [{k: v[k] for k in ("step", "val_accuracy", "W_hh_norm", "W_hh_radius")}
-                            for v in validations]}
-        if best["val_accuracy"] < 0.5:  # never learnt: the last validation shows what it settled on
-            result["plateaus"][name] = validations[-1]
+            "validations": validations}
         write_steps(steps[name], out / f"steps.{name}.csv")
+    result["plateaus"] = plateaus(result)
     result.update(command=command, machine=machine_line(), threads=torch.get_num_threads(),
                   settings={n: {k: v for k, v in dataclasses.asdict(c).items() if k not in ("out", "progress")}
                             for n, c in configs.items()},
                   wall_time_s=round(time.perf_counter() - start, 1))
     write_json(result, out / JSON)
     if any(name.endswith("_clip1") for name in result["cases"]):
-        plot_collapses(result, steps, out / COLLAPSES)
+        plot_collapses(result, steps, out / COLLAPSES_PNG)
     if result["plateaus"]:
-        plot_plateaus(result, out / PLATEAUS)
+        plot_plateaus(result, out / PLATEAUS_PNG)
     print(f"written to {out}")
     return result
 
