@@ -21,7 +21,7 @@ tighter clipping, to see which of them prevents the fall.
 
 Writes rnn_failures.json (settings, command, validation histories, confusion matrices), one CSV of the
 per-step record per case (steps.<case>.csv), rnn_collapses.png and rnn_plateaus.png to --out. Files
-that exist are replaced only with --overwrite.
+that exist are replaced only with --overwrite. --redraw draws the two figures again from those files.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ from cs324_utils import (
     write_json,
 )
 from dataset import PalindromeDataset
+from file_checks import Fields, read_csv, read_json
 from train import Config, build_model
 
 HERE = Path(__file__).resolve().parent
@@ -234,8 +235,8 @@ def plot_plateaus(result: dict, path: Path) -> None:
                      f"{case['max_norm']:g}\nstep {plateau['step']:,}: accuracy {plateau['val_accuracy']:.3f}")
         ax.title.set_fontsize(9)
     fig.suptitle("The RNN on a plateau: which digit it answers for each first digit (row fractions)")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title above the panels' two-line titles
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight"))
 
 
 # ----------------------------------------------------------------------------- the script
@@ -279,6 +280,41 @@ def run(args: argparse.Namespace, command: str) -> dict:
     return result
 
 
+def redraw(args: argparse.Namespace) -> None:
+    """The two figures drawn again from the files a run wrote in --out, without training."""
+    out = check_out(args.out, overwrite=args.overwrite)
+    for name in (COLLAPSES_PNG, PLATEAUS_PNG):
+        refuse_replacing(out / name, args.overwrite)
+    cases = read_json(out / JSON, "rnn_failures summary").fields("cases")
+    result, steps = {"cases": {}}, {}
+    for name in cases.obj:
+        case = cases.fields(name)
+        result["cases"][name] = {
+            "input_length": case.int("input_length", 2), "seed": case.int("seed", 0),
+            "learning_rate": case.number("learning_rate", 0), "max_norm": case.number("max_norm", 0),
+            "validations": [{"step": v.int("step", 1), "val_accuracy": v.number("val_accuracy", 0, 1),
+                             "confusion": confusion_matrix(v)} for v in case.records("validations")]}
+        rows = read_csv(out / f"steps.{name}.csv", FIELDS)
+        if not rows:
+            raise UserError(f"{out / f'steps.{name}.csv'} is missing or empty")
+        steps[name] = [{"step": int(float(r["step"])), **{k: float(r[k]) for k in FIELDS[1:]}} for r in rows]
+    result["plateaus"] = plateaus(result)
+    if any(name.endswith("_clip1") for name in result["cases"]):
+        plot_collapses(result, steps, out / COLLAPSES_PNG)
+    if result["plateaus"]:
+        plot_plateaus(result, out / PLATEAUS_PNG)
+    print(f"figures drawn again in {out}")
+
+
+def confusion_matrix(validation: Fields) -> list[list[int]]:
+    matrix = validation.list("confusion")
+    if len(matrix) != 10 or any(not isinstance(row, list) or len(row) != 10 or
+                                any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in row)
+                                for row in matrix):
+        raise validation.error("confusion", "must be 10 rows of 10 counts")
+    return matrix
+
+
 def write_steps(rows: list[dict], path: Path) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -296,6 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(HERE / "runs" / "rnn_failures"),
                    help="folder for the results (default: part1/runs/rnn_failures)")
     p.add_argument("--overwrite", action="store_true", help="replace the files in --out")
+    p.add_argument("--redraw", action="store_true",
+                   help="draw the two figures again from the files in --out, without training")
     args = p.parse_args(argv)
     if args.steps < 0:
         p.error(f"--steps must be >= 0, got {args.steps}")
@@ -305,7 +343,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python rnn_failures.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    run_cli(PROG, lambda: run(args, command))
+    run_cli(PROG, lambda: redraw(args) if args.redraw else run(args, command))
 
 
 if __name__ == "__main__":

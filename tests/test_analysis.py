@@ -39,6 +39,14 @@ def test_rnn_failures_writes_its_files_and_refuses_to_replace_them(tmp_path: Pat
         assert (out / name).stat().st_size > 100, name
     with pytest.raises(Exception, match="--overwrite"):
         rnn_failures.run(rnn_failures.parse_args(argv), "test")
+    (out / "rnn_plateaus.png").unlink()
+    rnn_failures.redraw(rnn_failures.parse_args(["--redraw", "--out", str(out), "--overwrite"]))
+    assert (out / "rnn_plateaus.png").stat().st_size > 100
+    summary = json.loads((out / "rnn_failures.json").read_text())
+    summary["cases"]["len19_seed2"]["validations"][0]["confusion"][3] = [1, 2]
+    (out / "rnn_failures.json").write_text(json.dumps(summary))
+    with pytest.raises(Exception, match="confusion.*10 rows of 10 counts"):
+        rnn_failures.redraw(rnn_failures.parse_args(["--redraw", "--out", str(out), "--overwrite"]))
 
 
 def test_lr_study_tables_every_cell(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -55,10 +63,21 @@ def test_lr_study_tables_every_cell(tmp_path: Path, capsys: pytest.CaptureFixtur
     table = (out / "lr_study.md").read_text()
     assert table.count("| 3 |") == 2 and (out / "lr_study.png").stat().st_size > 1000
     assert (out / "lr0.01" / "compare.json").is_file() and not (out / "lr0.001").exists()
-    with pytest.raises(Exception, match="learning_rate"):  # a sweep at another rate is refused
-        lr_study.study(lr_study.parse_args(["--learning_rates", "0.01", "--reuse", f"0.003={tmp_path / 'tpl'}",
-                                            "--lengths", "3", "--seeds", "0", "--max_steps", "20",
-                                            "--out", str(tmp_path / "lr2")]), "test")
+    for reuse, steps, message in (("0.003", "20", "learning_rate"),  # a sweep at another rate
+                                  ("0.001", "40", "fewer than 40"),  # a sweep shorter than the study
+                                  ("0.001", "10", "no validation within 10")):  # nothing inside the budget
+        with pytest.raises(Exception, match=message):
+            lr_study.study(lr_study.parse_args(["--learning_rates", "0.01", "--reuse", f"{reuse}={tmp_path / 'tpl'}",
+                                                "--lengths", "3", "--seeds", "0", "--max_steps", steps,
+                                                "--out", str(tmp_path / "lr2")]), "test")
+
+
+def test_lr_study_reads_a_longer_run_up_to_its_own_budget() -> None:
+    row = {"model": "rnn", "input_length": 9, "curve": [[250, 0.5], [500, 0.995], [750, 0.2]],
+           "peak_accuracy": 0.995, "steps_to_99": 500}
+    assert lr_study.within_budget(row, 250) | {"curve": None} == {**row, "curve": None, "peak_accuracy": 0.5,
+                                                                   "steps_to_99": None}
+    assert lr_study.within_budget(row, 500)["steps_to_99"] == 500
 
 
 def test_recipe_study_scores_each_run_and_keeps_its_losses(tmp_path: Path) -> None:
