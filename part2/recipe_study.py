@@ -92,23 +92,28 @@ def summarise(per_run: dict[str, dict[int, dict]]) -> dict:
 
 
 def table(summary: dict, args: argparse.Namespace, command: str) -> str:
-    fmt = {"fid": "{:.1f} ± {:.1f}", "inception_score": "{:.2f} ± {:.2f}", "kl_from_uniform": "{:.3f} ± {:.3f}",
-           "confident_fraction": "{:.3f} ± {:.3f}"}
+    digits = {"fid": 1, "inception_score": 2, "kl_from_uniform": 3, "confident_fraction": 3}
+
+    def cell(metric: str, mean_and_std: list[float]) -> str:
+        mean, std = (f"{v:.{digits[metric]}f}" for v in mean_and_std)
+        return mean if len(args.seeds) == 1 else f"{mean} ± {std}"  # one seed has no spread to show
+
     lines = [f"Command: `{command}`", "",
-             f"{args.n_epochs} epochs per run (the learning-rate decay spans them), seeds "
-             f"{', '.join(map(str, args.seeds))}; each cell mean ± std over the seeds (population std). Scores on "
+             f"{args.n_epochs} epochs per run (the learning-rate decay spans them), "
+             + (f"seed {args.seeds[0]}: one run per setting, an observation. " if len(args.seeds) == 1 else
+                f"seeds {', '.join(map(str, args.seeds))}; each cell mean ± std over the seeds (population std). ")
+             + "Scores on "
              f"{args.n_samples:,} samples with the repository's classifier; classes: the rarest and the most "
              "frequent digit's share of the samples, mean over the seeds.", "",
              "| setting | FID half | FID end | IS half | IS end | KL(classes ‖ uniform) end | classes end (%) "
              "| confident end |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for setting, s in summary.items():
         h, e = s["half"], s["end"]
-        lines.append(f"| {setting} | {fmt['fid'].format(*h['fid'])} | {fmt['fid'].format(*e['fid'])} "
-                     f"| {fmt['inception_score'].format(*h['inception_score'])} "
-                     f"| {fmt['inception_score'].format(*e['inception_score'])} "
-                     f"| {fmt['kl_from_uniform'].format(*e['kl_from_uniform'])} "
+        lines.append(f"| {setting} | {cell('fid', h['fid'])} | {cell('fid', e['fid'])} "
+                     f"| {cell('inception_score', h['inception_score'])} | {cell('inception_score', e['inception_score'])} "
+                     f"| {cell('kl_from_uniform', e['kl_from_uniform'])} "
                      f"| {100 * e['min_class'][0]:.1f}–{100 * e['max_class'][0]:.1f} "
-                     f"| {fmt['confident_fraction'].format(*e['confident_fraction'])} |")
+                     f"| {cell('confident_fraction', e['confident_fraction'])} |")
     return "\n".join(lines) + "\n"
 
 
