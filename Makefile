@@ -31,7 +31,7 @@ test-slow: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests
 
 # Every committed result under part1/results and part2/results, re-made in order by make_results.py
-# (about 6 1/2 hours on a 2-core CPU; the steps and their times are in part*/results/README.md).
+# (about 14 hours on a 2-core CPU; the steps and their times are in part*/results/README.md).
 # QUICK=1: the same chain with tiny settings into runs/results_quick, in a few minutes.
 results: venv
 	$(PY) make_results.py $(if $(QUICK),--quick)

@@ -15,12 +15,13 @@ over a run otherwise); run folders, checkpoints and other internals go to part*/
 ignored by git. A command that fails stops the chain with one line naming the step to continue from.
 
 How long the whole chain takes, on a 2-core AMD EPYC (Zen 4) with torch 2.14.1: the times recorded
-in the committed files add up to 2 h 38 min (the sweep 2 h 10 min, the other timed steps 28 min),
-half of it measured while the runs shared the two cores (the sweep's RNN runs). Not recorded: the six 200-epoch GAN runs
-(the default and five of the recipe comparison), 34-38 min each alone with 2 threads by
-bench_gan.txt's extrapolations, about 3 h 36 min in all (they ran longer, one thread each beside
-other runs); the precision check, the figures and the interpolations, minutes. About 6 1/2 hours in
-all, more than half of it GAN training.
+in the committed files add up to 8 h 48 min (the sweep 2 h 10 min, the template comparison 2 h
+45 min, the learning-rate study 2 h 34 min, the other timed steps 1 h 19 min), most of it measured
+while runs shared the two cores. Not recorded: the six 200-epoch GAN runs (the default and five of
+the recipe comparison), 45-48 min each alone with 2 threads by bench_gan.txt's extrapolations,
+about 4 h 40 min in all; the 20 ten-epoch runs of the stabiliser study, about 2 1/4 min each alone,
+45 min in all; the precision check, the figures and the interpolations, minutes. About 14 hours in
+all on one machine; side by side, one thread a job, less.
 --from and --only run part of the chain.
 
 --quick runs every step with tiny settings (a few steps or epochs, small sizes, one round of each
@@ -121,7 +122,7 @@ def recipe_step(name: str, title: str, run: str, flags: str, files: str, took: s
 
 
 RECIPE_TOOK = ("Training time not recorded in a committed file (config.json holds none); one thread ({side}). "
-               "200 epochs at the defaults extrapolate to 34-38 min alone with 2 threads (bench_gan.txt).")
+               "200 epochs at the defaults extrapolate to 45-48 min alone with 2 threads (bench_gan.txt).")
 BENCH_INTRO = ("Each run: the command below, alone on the machine; the first line of each run names the machine. "
                "Absolute times move by tens of percent between runs on a virtual machine; compare within a run.")
 
@@ -129,11 +130,18 @@ BENCH_INTRO = ("Each run: the command below, alone on the machine; the first lin
 TOOK_TEMPLATE, SECONDS_TEMPLATE = (
     "Each run's wall_time_s is in its metrics.json: 45-1,513 s, 9,889 s in all, one thread, one run after another "
     "beside other one-thread jobs on the two cores (wall time under sharing).", 9889)
-TOOK_LR, SECONDS_LR = "TBD", None
+TOOK_LR, SECONDS_LR = (
+    "Each run's wall_time_s is in its metrics.json: 5-647 s, 9,227 s for the 64 runs of the four new rates, one "
+    "thread, two to four one-thread jobs on the two cores (wall time under sharing).", 9227)
 TOOK_INCREMENT, SECONDS_INCREMENT = (
     "257-500 s a run (wall_time_s), 1,074 s in all, one thread beside another one-thread job.", 1074)
-TOOK_RNN_FAILURES, SECONDS_RNN_FAILURES = "TBD", None
-TOOK_RECIPE_STUDY, SECONDS_RECIPE_STUDY = "TBD", None
+TOOK_RNN_FAILURES, SECONDS_RNN_FAILURES = (
+    "1,841 s (wall_time_s in rnn_failures.json: 8 runs of 10,000 steps), one thread, beside another one-thread "
+    "job (wall time under sharing).", 1841)
+TOOK_RECIPE_STUDY, SECONDS_RECIPE_STUDY = (
+    "Training time not recorded in a committed file (config.json holds none); one thread a run, two to four "
+    "one-thread jobs on the two cores. 10 epochs at the defaults take about 2 1/4 min alone with 2 threads "
+    "(bench_gan.txt); scoring a run's two generators took 19-46 s (meta.seconds in each scores.json).", None)
 
 STEPS: tuple[Step, ...] = (
     # ---------------------------------------------------------------- part 1
@@ -184,15 +192,18 @@ STEPS: tuple[Step, ...] = (
                   "template/{lstm,rnn}_len*_seed*/metrics.json"),
          took=TOOK_TEMPLATE, seconds=SECONDS_TEMPLATE),
     Step("lr_study", 1, "the learning-rate study: five rates x four input lengths x two seeds, both models",
-         (Cmd("cd part1 && python lr_study.py --threads 1 --out {r1}/lr_study --overwrite",
-              quick={"--learning_rates": "0.001 0.01", "--lengths": "3", "--seeds": "0", "--max_steps": "20"}),),
+         (Cmd("cd part1 && python lr_study.py --learning_rates 0.0001 0.0003 0.003 0.01 --reuse 0.001={r1}/template "
+              "--threads 1 --out {r1}/lr_study --overwrite",
+              quick={"--learning_rates": "0.01", "--reuse": None, "--lengths": "3", "--seeds": "0",
+                     "--max_steps": "20"}),),
          outputs=("lr_study/lr_study.json", "lr_study/lr_study.md", "lr_study/lr_study.png",
                   "lr_study/lr*/compare.{json,md,png}", "lr_study/lr*/compare_curves.png",
                   "lr_study/lr*/{lstm,rnn}_len*_seed*/metrics.json"),
          took=TOOK_LR, seconds=SECONDS_LR,
-         note="Each learning rate's sweep was first run by compare.py with the flags lr_study.py gives it (each "
-              "lr*/compare.json records that command); lr_study.py with --resume then kept those runs and drew the "
-              "summary."),
+         note="Each learning rate's sweep was first run on its own (`--learning_rates RATE --resume`, with "
+              "`--overwrite` inside the committed folder; each lr*/compare.json records compare.py's command); the "
+              "command above with --resume then kept those runs and drew the summary. The lr 0.001 column is the "
+              "template step's runs read up to the study's 5,000 steps."),
     Step("increment_onehot_fb1", 1, "one-hot digits with forget bias 1 at input length 49: the increment between "
                                     "the template's input and ours, and between forget bias 1 and chrono",
          (Cmd("cd part1 && python compare.py --models lstm --lengths 49 --lstm_lengths --seeds 0 1 2 --input_dim 10 "
@@ -203,17 +214,20 @@ STEPS: tuple[Step, ...] = (
          took=TOOK_INCREMENT, seconds=SECONDS_INCREMENT),
     Step("rnn_failures", 1, "the RNN's collapses and plateaus, recorded step by step",
          (Cmd("cd part1 && python rnn_failures.py --threads 1 --out {r1}/rnn_failures --overwrite",
-              quick={"--cases": "len29_seed2 len29_seed2_lr3e-4 len29_seed2_clip1 len19_seed2", "--steps": "20"}),),
+              quick={"--cases": "len29_seed2 len29_seed2_lr3e-4 len29_seed2_clip1 len19_seed2", "--steps": "20"}),
+          Cmd("cd part1 && python rnn_failures.py --redraw --out {r1}/rnn_failures --overwrite")),
          outputs=("rnn_failures/rnn_failures.json", "rnn_failures/rnn_collapses.png", "rnn_failures/rnn_plateaus.png",
                   "rnn_failures/steps.*.csv"),
-         took=TOOK_RNN_FAILURES, seconds=SECONDS_RNN_FAILURES),
+         took=TOOK_RNN_FAILURES, seconds=SECONDS_RNN_FAILURES,
+         note="The second command draws the two figures again from the files the first wrote (seconds); the "
+              "committed figures come from it."),
     Step("bench", 1, "milliseconds per LSTM training step, four runs",
          tuple(Cmd("cd part1 && python bench.py", heading=f"run {i}", full_only=i > 1,
                    quick={"--lengths": "4", "--steps": "2", "--rounds": "1", "--layer_seconds": "0.01"})
                for i in (1, 2, 3, 4)),
          outputs=("bench.txt",), capture="bench.txt", intro=BENCH_INTRO,
-         took="473 s for the four runs (make_results.py's log), alone on the machine with 2 threads (each "
-              "run's first line).", seconds=473,
+         took="619 s for the four runs (make_results.py's log), alone on the machine with 2 threads (each "
+              "run's first line).", seconds=619,
          note="Written by the driver: each run's standard output under `## run N`, with its command."),
     Step("bench_shared_cpu", 1, "part 1's training speed alone and beside a running my_gan.py",
          (Cmd('python part1/bench_shared_cpu.py --data_dir {mnist} --part1_args "--threads 2" --gan_args "--threads 2"',
@@ -242,7 +256,7 @@ STEPS: tuple[Step, ...] = (
                   "gan/grids/iter_*.png", "gan/losses.csv", "gan/losses.png", "gan/scores.json",
                   "recipe/dropout0.1_scores.json", "recipe/dropout0.1_config.json"),
          took="Training time not recorded in a committed file (one thread, beside the two other runs of the "
-              "dropout comparison; 200 epochs at the defaults extrapolate to 34-38 min alone with 2 threads, "
+              "dropout comparison; 200 epochs at the defaults extrapolate to 45-48 min alone with 2 threads, "
               "bench_gan.txt); scoring 12.8 s (--eval_scores) and 14.9 s (evaluate.py), the score files' "
               "meta.seconds.", seconds=12.8 + 14.9,
          note="Every 200-epoch run here trained in bf16, then the default; --precision bf16 keeps that where "
@@ -288,11 +302,19 @@ STEPS: tuple[Step, ...] = (
     recipe_step("recipe_seed1", "the default recipe, seed 1", "gan200_v5_d01_seed1",
                 "--seed 1 --eval_scores --threads 1", "dropout0.1_seed1",
                 RECIPE_TOOK.format(side="after the other three, mostly alone")),
-    Step("recipe_study", 2, "the four stabilisers left out one at a time, and dropout levels, 3 seeds of 20 epochs",
-         (Cmd("python part2/recipe_study.py --data_dir {mnist} --no_download --n_epochs 20 --jobs 1 "
+    Step("recipe_study", 2, "the four stabilisers left out one at a time (3 seeds), and dropout levels (seed 0), "
+                            "10 epochs each",
+         (Cmd("python part2/recipe_study.py --data_dir {mnist} --no_download --n_epochs 10 --jobs 1 --settings "
+              "'all four' 'no dropout' 'no label smoothing' 'no weight average' 'no lr decay' none "
               "--runs {runs2}/recipe_study --out {r2}/recipe_study --overwrite",
-              quick={"--n_epochs": "1", "--settings": "'all four' none", "--seeds": "0", "--n_samples": "20"}),),
-         outputs=("recipe_study/recipe_study.{json,md,png}", "recipe_study/*_seed*/{losses.csv,config.json,scores.json}"),
+              quick={"--n_epochs": "1", "--settings": "'all four' none", "--seeds": "0", "--n_samples": "20"}),
+          Cmd("python part2/recipe_study.py --data_dir {mnist} --no_download --n_epochs 10 --jobs 1 --settings "
+              "'all four' 'dropout 0.2' 'dropout 0.3' --seeds 0 --runs {runs2}/recipe_study "
+              "--out {r2}/recipe_study/dropout_levels --overwrite",
+              quick={"--n_epochs": "1", "--settings": "'all four' 'dropout 0.2'", "--n_samples": "20"})),
+         outputs=("recipe_study/recipe_study.{json,md,png}", "recipe_study/*_seed*/{losses.csv,config.json,scores.json}",
+                  "recipe_study/dropout_levels/recipe_study.{json,md,png}",
+                  "recipe_study/dropout_levels/*_seed*/{losses.csv,config.json,scores.json}"),
          took=TOOK_RECIPE_STUDY, seconds=SECONDS_RECIPE_STUDY),
     Step("precision_check", 2, "bf16 autocast against float32 after 5 epochs, seeds 0 and 1",
          tuple(c for s in (0, 1) for p in ("bf16", "fp32") for c in (
@@ -457,7 +479,7 @@ def manifest(part: int) -> str:
         "replace the committed files; the files were first made without it, into empty folders. The times "
         "recorded below add up to "
         f"{hms(sum(s.seconds for s in steps if s.seconds is not None))} for this folder and {hms(seconds)} for "
-        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 6 1/2 hours "
+        "both; with what is not recorded, mostly 200-epoch GAN runs, the whole chain takes about 14 hours "
         "(make_results.py).",
         "",
         "This file is written by `python make_results.py --manifests` from the list of steps in "

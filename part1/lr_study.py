@@ -10,8 +10,9 @@ over learning rate x input length of the steps each run took to reach 99% valida
 lr_study.md, its table. --resume keeps the finished sweeps and runs; --overwrite trains afresh.
 
 --reuse RATE=SWEEP takes one rate's runs from a sweep compare.py made at the same settings but without
-the stop at 99.5% (the template comparison runs the template's learning rate): the study reads only
-each run's steps to 99% and its best accuracy, which that stop does not change.
+the stop at 99.5%, perhaps for more steps (the template comparison runs the template's learning rate):
+the study reads each run's validations up to its own --max_steps, and from them only the steps to 99%
+and the best accuracy, which that stop does not change.
 """
 from __future__ import annotations
 
@@ -45,15 +46,27 @@ def reused_rows(rate: float, sweep: Path, args: argparse.Namespace) -> list[dict
     summary = read_json(sweep / compare.SUMMARY, "sweep summary")
     swept = summary.fields("args")
     wanted = {"learning_rate": rate, "input_dim": 1, "lstm_init": "forget_bias", "forget_bias": 1.0,
-              "max_steps": args.max_steps, "eval_every": 250}
+              "eval_every": 250}
     for key, value in wanted.items():
         if swept.raw(key, None) != value:
             raise UserError(f"--reuse: {sweep} was swept with {key} {swept.raw(key, None)}, not {value}")
-    rows = [r.obj for r in summary.records("runs") if r.int("input_length", 1) in args.lengths
-            and r.int("seed", 0) in args.seeds]
+    if swept.int("max_steps", 1) < args.max_steps:
+        raise UserError(f"--reuse: {sweep} was swept for {swept.int('max_steps', 1)} steps, fewer than {args.max_steps}")
+    rows = [within_budget(r.obj, args.max_steps) for r in summary.records("runs")
+            if r.int("input_length", 1) in args.lengths and r.int("seed", 0) in args.seeds]
     if len(rows) != 2 * len(args.lengths) * len(args.seeds):
         raise UserError(f"--reuse: {sweep} lacks some of the runs at lengths {args.lengths} and seeds {args.seeds}")
     return rows
+
+
+def within_budget(row: dict, max_steps: int) -> dict:
+    """A run of a longer sweep as the study's budget sees it: its validations up to max_steps."""
+    curve = [(step, acc) for step, acc in row["curve"] if step <= max_steps]
+    if not curve:
+        raise UserError(f"--reuse: a {row['model']} run at length {row['input_length']} has no validation within "
+                        f"{max_steps} steps")
+    return {**row, "peak_accuracy": max(acc for _, acc in curve),
+            "steps_to_99": next((step for step, acc in curve if acc >= 0.99), None)}
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, int], dict]:
@@ -173,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="take a rate's runs from a compare.py sweep at these settings without the stop at 99.5%%")
     p.add_argument("--lengths", type=int, nargs="+", default=[9, 19, 29, 49], help="input lengths (default: 9 19 29 49)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default: 0 1)")
-    p.add_argument("--max_steps", type=int, default=10_000, help="step budget per run (default: 10000)")
+    p.add_argument("--max_steps", type=int, default=5_000, help="step budget per run (default: 5000)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default: 1)")
     p.add_argument("--out", default=str(HERE / "runs" / "lr_study"), help="folder (default: part1/runs/lr_study)")
     p.add_argument("--resume", action="store_true", help="keep finished sweeps and runs in --out")

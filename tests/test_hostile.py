@@ -92,6 +92,7 @@ def damaged_copy(made: dict[str, Path], which: str, name: str, tmp: Path) -> Pat
     return folder
 
 
+@pytest.mark.slow  # over a minute of subprocesses: `make test-slow` (CI runs both)
 def test_damaged_checkpoints_are_one_line(made: dict[str, Path], tmp_path: Path) -> None:
     cases, words = [], []
     for name, (which, change, word) in CHECKPOINTS.items():
@@ -196,6 +197,7 @@ def test_a_stop_signal_during_start_up_is_one_line(made: dict[str, Path], tmp_pa
 # ----------------------------------------------------------------------------- two runs, one folder
 
 
+@pytest.mark.slow  # two trainings at once, held for seconds: `make test-slow`
 @pytest.mark.parametrize("part", ["p1", "gan"])
 def test_a_second_run_on_a_folder_in_use_is_refused(made: dict[str, Path], tmp_path: Path, part: str) -> None:
     out = tmp_path / "run"

@@ -122,6 +122,7 @@ def test_a_second_run_into_the_same_out_is_refused(tmp_path: Path) -> None:
     assert json.loads((out / "metrics.json").read_text())["config"]["seed"] == 1
 
 
+@pytest.mark.slow  # three sweeps in subprocesses: `make test-slow`
 def test_a_second_sweep_is_refused_resumed_or_overwritten(tmp_path: Path) -> None:
     out = ["--out", str(tmp_path / "sweep")]
     assert run("compare", [*TINY_SWEEP, *out]).returncode == 0
