@@ -80,6 +80,7 @@ def test_lr_study_reads_a_longer_run_up_to_its_own_budget() -> None:
     assert lr_study.within_budget(row, 500)["steps_to_99"] == 500
 
 
+@pytest.mark.slow  # two GAN trainings and their scoring: `make test-slow`
 def test_recipe_study_scores_each_run_and_keeps_its_losses(tmp_path: Path) -> None:
     data = write_fake_mnist(tmp_path / "data", n_train=64, n_test=32)
     args = recipe_study.parse_args(["--data_dir", str(data), "--no_download", "--n_epochs", "1", "--settings",

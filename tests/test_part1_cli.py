@@ -111,6 +111,7 @@ def test_read_only_out_is_refused_before_training(tmp_path: Path) -> None:
         tmp_path.chmod(0o700)
 
 
+@pytest.mark.slow  # three trainings in subprocesses: `make test-slow`
 def test_a_second_run_into_the_same_out_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run("train", [*TINY, "--max_epoch", "1", "--out", str(out)]).returncode == 0
