@@ -61,7 +61,13 @@ def reused_rows(rate: float, sweep: Path, args: argparse.Namespace) -> list[dict
 
 def within_budget(row: dict, max_steps: int) -> dict:
     """A run of a longer sweep as the study's budget sees it: its validations up to max_steps."""
-    curve = [(step, acc) for step, acc in row["curve"] if step <= max_steps]
+    points = row.get("curve")
+    if not isinstance(points, list) or not all(
+            isinstance(pt, list) and len(pt) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in pt) for pt in points):
+        raise UserError(f"--reuse: a run's validation curve is damaged (model {row.get('model')!r}, "
+                        f"length {row.get('input_length')!r})")
+    curve = [(step, acc) for step, acc in points if step <= max_steps]
     if not curve:
         raise UserError(f"--reuse: a {row['model']} run at length {row['input_length']} has no validation within "
                         f"{max_steps} steps")

@@ -78,6 +78,8 @@ def test_lr_study_reads_a_longer_run_up_to_its_own_budget() -> None:
     assert lr_study.within_budget(row, 250) | {"curve": None} == {**row, "curve": None, "peak_accuracy": 0.5,
                                                                    "steps_to_99": None}
     assert lr_study.within_budget(row, 500)["steps_to_99"] == 500
+    with pytest.raises(Exception, match="curve is damaged"):  # a hand-edited summary
+        lr_study.within_budget({**row, "curve": [[250, "0.5"]]}, 500)
 
 
 @pytest.mark.slow  # two GAN trainings and their scoring: `make test-slow`
