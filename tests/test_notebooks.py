@@ -54,7 +54,7 @@ def test_task2_runs_from_any_folder(tiny_run: tuple[Path, Path], fake_mnist: Pat
     nb = execute("task2.ipynb", cwd=tmp_path)  # a folder outside the repository: PART2_DIR finds part2/
     pngs, errors = outputs(nb)
     assert errors == []
-    assert pngs == 4  # saved grids, sampled grids, losses, class histograms
+    assert pngs == 5  # saved grids, sampled grids, losses, class histograms, the committed stabiliser study
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "FID" in text and "real" in text
 
