@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import compare
 from cs324_utils import OneLineParser, UserError, atomic_write, check_out, run_cli, write_json
-from file_checks import read_json
+from file_checks import Fields, read_json
 
 HERE = Path(__file__).resolve().parent
 PROG = "lr_study.py"
@@ -52,26 +52,23 @@ def reused_rows(rate: float, sweep: Path, args: argparse.Namespace) -> list[dict
             raise UserError(f"--reuse: {sweep} was swept with {key} {swept.raw(key, None)}, not {value}")
     if swept.int("max_steps", 1) < args.max_steps:
         raise UserError(f"--reuse: {sweep} was swept for {swept.int('max_steps', 1)} steps, fewer than {args.max_steps}")
-    rows = [within_budget(r.obj, args.max_steps) for r in summary.records("runs")
+    rows = [within_budget(r, args.max_steps) for r in summary.records("runs")
             if r.int("input_length", 1) in args.lengths and r.int("seed", 0) in args.seeds]
     if len(rows) != 2 * len(args.lengths) * len(args.seeds):
         raise UserError(f"--reuse: {sweep} lacks some of the runs at lengths {args.lengths} and seeds {args.seeds}")
     return rows
 
 
-def within_budget(row: dict, max_steps: int) -> dict:
+def within_budget(run: Fields, max_steps: int) -> dict:
     """A run of a longer sweep as the study's budget sees it: its validations up to max_steps."""
-    points = row.get("curve")
-    if not isinstance(points, list) or not all(
-            isinstance(pt, list) and len(pt) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                          for v in pt) for pt in points):
-        raise UserError(f"--reuse: a run's validation curve is damaged (model {row.get('model')!r}, "
-                        f"length {row.get('input_length')!r})")
+    points = run.list("curve")
+    if not all(isinstance(pt, list) and len(pt) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                             for v in pt) for pt in points):
+        raise run.error("curve", "must be a list of [step, accuracy] pairs (the validation curve is damaged)")
     curve = [(step, acc) for step, acc in points if step <= max_steps]
     if not curve:
-        raise UserError(f"--reuse: a {row['model']} run at length {row['input_length']} has no validation within "
-                        f"{max_steps} steps")
-    return {**row, "peak_accuracy": max(acc for _, acc in curve),
+        raise run.error("curve", f"has no validation within {max_steps} steps")
+    return {**run.obj, "peak_accuracy": max(acc for _, acc in curve),
             "steps_to_99": next((step for step, acc in curve if acc >= 0.99), None)}
 
 

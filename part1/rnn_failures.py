@@ -272,12 +272,17 @@ def run(args: argparse.Namespace, command: str) -> dict:
                             for n, c in configs.items()},
                   wall_time_s=round(time.perf_counter() - start, 1))
     write_json(result, out / JSON)
+    draw(result, steps, out)
+    print(f"written to {out}")
+    return result
+
+
+def draw(result: dict, steps: dict[str, list[dict]], out: Path) -> None:
+    """The figures a result has the cases for: the collapses with their twins, the plateaus found."""
     if any(name.endswith("_clip1") for name in result["cases"]):
         plot_collapses(result, steps, out / COLLAPSES_PNG)
     if result["plateaus"]:
         plot_plateaus(result, out / PLATEAUS_PNG)
-    print(f"written to {out}")
-    return result
 
 
 def redraw(args: argparse.Namespace) -> None:
@@ -299,10 +304,7 @@ def redraw(args: argparse.Namespace) -> None:
             raise UserError(f"{out / f'steps.{name}.csv'} is missing or empty")
         steps[name] = [{"step": int(float(r["step"])), **{k: float(r[k]) for k in FIELDS[1:]}} for r in rows]
     result["plateaus"] = plateaus(result)
-    if any(name.endswith("_clip1") for name in result["cases"]):
-        plot_collapses(result, steps, out / COLLAPSES_PNG)
-    if result["plateaus"]:
-        plot_plateaus(result, out / PLATEAUS_PNG)
+    draw(result, steps, out)
     print(f"figures drawn again in {out}")
 
 

@@ -12,6 +12,7 @@ import lr_study
 import recipe_study
 import rnn_failures
 from conftest import write_fake_mnist
+from file_checks import Fields
 from train import train
 
 
@@ -75,11 +76,11 @@ def test_lr_study_tables_every_cell(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_lr_study_reads_a_longer_run_up_to_its_own_budget() -> None:
     row = {"model": "rnn", "input_length": 9, "curve": [[250, 0.5], [500, 0.995], [750, 0.2]],
            "peak_accuracy": 0.995, "steps_to_99": 500}
-    assert lr_study.within_budget(row, 250) | {"curve": None} == {**row, "curve": None, "peak_accuracy": 0.5,
-                                                                   "steps_to_99": None}
-    assert lr_study.within_budget(row, 500)["steps_to_99"] == 500
+    assert lr_study.within_budget(Fields(row, "compare.json"), 250) | {"curve": None} == {
+        **row, "curve": None, "peak_accuracy": 0.5, "steps_to_99": None}
+    assert lr_study.within_budget(Fields(row, "compare.json"), 500)["steps_to_99"] == 500
     with pytest.raises(Exception, match="curve is damaged"):  # a hand-edited summary
-        lr_study.within_budget({**row, "curve": [[250, "0.5"]]}, 500)
+        lr_study.within_budget(Fields({**row, "curve": [[250, "0.5"]]}, "compare.json"), 500)
 
 
 @pytest.mark.slow  # two GAN trainings and their scoring: `make test-slow`
