@@ -15,8 +15,8 @@ over a run otherwise); run folders, checkpoints and other internals go to part*/
 ignored by git. A command that fails stops the chain with one line naming the step to continue from.
 
 How long the whole chain takes, on a 2-core AMD EPYC (Zen 4) with torch 2.14.1: the times recorded
-in the committed files add up to 8 h 48 min (the sweep 2 h 10 min, the template comparison 2 h
-45 min, the learning-rate study 2 h 34 min, the other timed steps 1 h 19 min), most of it measured
+in the committed files add up to 8 h 59 min (the sweep 2 h 10 min, the template comparison 2 h
+45 min, the learning-rate study 2 h 45 min, the other timed steps 1 h 19 min), most of it measured
 while runs shared the two cores. Not recorded: the six 200-epoch GAN runs (the default and five of
 the recipe comparison), 45-48 min each alone with 2 threads by bench_gan.txt's extrapolations,
 about 4 h 40 min in all; the 20 ten-epoch runs of the stabiliser study, about 2 1/4 min each alone,
@@ -131,8 +131,9 @@ TOOK_TEMPLATE, SECONDS_TEMPLATE = (
     "Each run's wall_time_s is in its metrics.json: 45-1,513 s, 9,889 s in all, one thread, one run after another "
     "beside other one-thread jobs on the two cores (wall time under sharing).", 9889)
 TOOK_LR, SECONDS_LR = (
-    "Each run's wall_time_s is in its metrics.json: 5-647 s, 9,227 s for the 64 runs of the four new rates, one "
-    "thread, two to four one-thread jobs on the two cores (wall time under sharing).", 9227)
+    "Each run's wall_time_s is in its metrics.json: 5-647 s, 9,885 s for the 76 runs of the four new rates (64 of "
+    "seeds 0 and 1, 12 of the close cells' seed 2), one thread, two to four one-thread jobs on the two cores (wall "
+    "time under sharing).", 9885)
 TOOK_INCREMENT, SECONDS_INCREMENT = (
     "257-500 s a run (wall_time_s), 1,074 s in all, one thread beside another one-thread job.", 1074)
 TOOK_RNN_FAILURES, SECONDS_RNN_FAILURES = (
@@ -191,19 +192,22 @@ STEPS: tuple[Step, ...] = (
          outputs=("template/compare.json", "template/compare.md", "template/compare.png", "template/compare_curves.png",
                   "template/{lstm,rnn}_len*_seed*/metrics.json"),
          took=TOOK_TEMPLATE, seconds=SECONDS_TEMPLATE),
-    Step("lr_study", 1, "the learning-rate study: five rates x four input lengths x two seeds, both models",
+    Step("lr_study", 1, ("the learning-rate study: five rates x four input lengths x two seeds (three in the cells "
+                     "where two leave the answer close), both models"),
          (Cmd("cd part1 && python lr_study.py --learning_rates 0.0001 0.0003 0.003 0.01 --reuse 0.001={r1}/template "
-              "--threads 1 --out {r1}/lr_study --overwrite",
+              "--close lstm:29 rnn:9 rnn:19 --threads 1 --out {r1}/lr_study --overwrite",
               quick={"--learning_rates": "0.01", "--reuse": None, "--lengths": "3", "--seeds": "0",
-                     "--max_steps": "20"}),),
+                     "--close": "rnn:3", "--max_steps": "20"}),),
          outputs=("lr_study/lr_study.json", "lr_study/lr_study.md", "lr_study/lr_study.png",
                   "lr_study/lr*/compare.{json,md,png}", "lr_study/lr*/compare_curves.png",
-                  "lr_study/lr*/{lstm,rnn}_len*_seed*/metrics.json"),
+                  "lr_study/lr*/{lstm,rnn}_len*_seed*/metrics.json", "lr_study/lr*/close_*/compare.{json,md,png}",
+                  "lr_study/lr*/close_*/compare_curves.png", "lr_study/lr*/close_*/{lstm,rnn}_len*_seed2/metrics.json"),
          took=TOOK_LR, seconds=SECONDS_LR,
          note="Each learning rate's sweep was first run on its own (`--learning_rates RATE --resume`, with "
               "`--overwrite` inside the committed folder; each lr*/compare.json records compare.py's command); the "
-              "command above with --resume then kept those runs and drew the summary. The lr 0.001 column is the "
-              "template step's runs read up to the study's 5,000 steps."),
+              "command above with --resume then kept those runs and drew the summary; the close cells' seed 2 was "
+              "added the same way later. The lr 0.001 column is the template step's runs read up to the study's "
+              "5,000 steps (its seed 2 only in the close cells)."),
     Step("increment_onehot_fb1", 1, "one-hot digits with forget bias 1 at input length 49: the increment between "
                                     "the template's input and ours, and between forget bias 1 and chrono",
          (Cmd("cd part1 && python compare.py --models lstm --lengths 49 --lstm_lengths --seeds 0 1 2 --input_dim 10 "

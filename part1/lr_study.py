@@ -13,6 +13,9 @@ lr_study.md, its table. --resume keeps the finished sweeps and runs; --overwrite
 the stop at 99.5%, perhaps for more steps (the template comparison runs the template's learning rate):
 the study reads each run's validations up to its own --max_steps, and from them only the steps to 99%
 and the best accuracy, which that stop does not change.
+
+--close MODEL:LENGTH names cells where the seeds leave the answer close: at every rate they also train
+--close_seeds (into <out>/lr<rate>/close_<model><length>/, or read from the --reuse sweep).
 """
 from __future__ import annotations
 
@@ -32,17 +35,32 @@ RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 SUMMARY = "lr_study.json"
 
 
-def sweep_args(rate: float, args: argparse.Namespace) -> list[str]:
-    """compare.py's command line for one learning rate."""
-    flags = ["--lengths", *map(str, args.lengths), "--lstm_lengths", "--seeds", *map(str, args.seeds),
-             "--input_dim", "1", "--lstm_init", "forget_bias", "--forget_bias", "1", "--learning_rate", f"{rate:g}",
-             "--max_steps", str(args.max_steps), "--threads", str(args.threads),
-             "--out", str(Path(args.out) / f"lr{rate:g}")]
+def sweep_args(rate: float, args: argparse.Namespace, cell: tuple[str, int] | None = None) -> list[str]:
+    """compare.py's command line for one learning rate: the whole grid, or one --close cell's extra seeds."""
+    out = Path(args.out) / f"lr{rate:g}"
+    if cell is None:
+        grid = ["--lengths", *map(str, args.lengths), "--lstm_lengths", "--seeds", *map(str, args.seeds)]
+    else:
+        grid = ["--models", cell[0], "--lengths", str(cell[1]), "--lstm_lengths", "--seeds", *map(str, args.close_seeds)]
+        out = out / f"close_{cell[0]}{cell[1]}"
+    flags = [*grid, "--input_dim", "1", "--lstm_init", "forget_bias", "--forget_bias", "1",
+             "--learning_rate", f"{rate:g}", "--max_steps", str(args.max_steps), "--threads", str(args.threads),
+             "--out", str(out)]
     return flags + (["--resume"] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
 
 
-def reused_rows(rate: float, sweep: Path, args: argparse.Namespace) -> list[dict]:
-    """The runs of `sweep` at the study's lengths and seeds, checked to be the study's settings at `rate`."""
+def swept_rows(rate: float, args: argparse.Namespace, cell: tuple[str, int] | None = None) -> list[dict]:
+    """Run compare.py's sweep for one rate (or one --close cell at it) and return its runs."""
+    flags = sweep_args(rate, args, cell)
+    print(f"{PROG}: learning rate {rate:g}: python compare.py {' '.join(flags)}", flush=True)
+    sweep = compare.parse_args(flags)
+    compare.sweep(sweep, "python compare.py " + " ".join(flags))
+    return read_json(Path(sweep.out) / compare.SUMMARY, "sweep summary").list("runs")
+
+
+def reused_rows(rate: float, sweep: Path, args: argparse.Namespace, close: list[tuple[str, int]]) -> list[dict]:
+    """The runs of `sweep` at the study's lengths and seeds (and the --close cells' seeds), checked to be the
+    study's settings at `rate`."""
     summary = read_json(sweep / compare.SUMMARY, "sweep summary")
     swept = summary.fields("args")
     wanted = {"learning_rate": rate, "input_dim": 1, "lstm_init": "forget_bias", "forget_bias": 1.0,
@@ -52,10 +70,13 @@ def reused_rows(rate: float, sweep: Path, args: argparse.Namespace) -> list[dict
             raise UserError(f"--reuse: {sweep} was swept with {key} {swept.raw(key, None)}, not {value}")
     if swept.int("max_steps", 1) < args.max_steps:
         raise UserError(f"--reuse: {sweep} was swept for {swept.int('max_steps', 1)} steps, fewer than {args.max_steps}")
+    runs = {(model, length, seed) for model in ("lstm", "rnn") for length in args.lengths for seed in args.seeds}
+    runs |= {(model, length, seed) for model, length in close for seed in args.close_seeds}
     rows = [within_budget(r, args.max_steps) for r in summary.records("runs")
-            if r.int("input_length", 1) in args.lengths and r.int("seed", 0) in args.seeds]
-    if len(rows) != 2 * len(args.lengths) * len(args.seeds):
-        raise UserError(f"--reuse: {sweep} lacks some of the runs at lengths {args.lengths} and seeds {args.seeds}")
+            if (r.str("model"), r.int("input_length", 1), r.int("seed", 0)) in runs]
+    if len(rows) != len(runs):
+        raise UserError(f"--reuse: {sweep} lacks some of the runs at lengths {args.lengths} and seeds {args.seeds}"
+                        + (f" (and seeds {args.close_seeds} of {' '.join(args.close)})" if close else ""))
     return rows
 
 
@@ -86,11 +107,14 @@ def cells(rows: list[dict]) -> dict[tuple[str, int], dict]:
 
 def table(summary: dict, max_steps: int) -> str:
     rates = sorted(summary["rates"])
+    seeds = ", ".join(map(str, summary["seeds"]))
+    if summary["close"]:  # a cell's n/m shows how many seeds it has
+        seeds += f"; also {', '.join(map(str, summary['close_seeds']))} in {', '.join(summary['close'])}"
     lines = [f"Command: `{summary['command']}`", "",
              f"Each cell: runs that reached 99% validation accuracy within {max_steps:,} steps, and their steps to "
              "99% (mean ± std); where none did, the best accuracy reached (mean over seeds). Template settings: "
              "digits as numbers, uniform initialisation with forget bias 1, RMSprop, batch 128, hidden 128, "
-             "clipping at 10, validation every 250 steps, a stop at 99.5%.", ""]
+             f"clipping at 10, validation every 250 steps, a stop at 99.5%. Seeds {seeds}.", ""]
     for model in ("lstm", "rnn"):
         lines += [f"**{model.upper()}**", "", "| input length | " + " | ".join(f"lr {r:g}" for r in rates) + " |",
                   "|---:|" + "---:|" * len(rates)]
@@ -150,16 +174,15 @@ def study(args: argparse.Namespace, command: str) -> None:
     if sorted(set(args.learning_rates)) != sorted(args.learning_rates) or min(args.learning_rates) <= 0:
         raise UserError("--learning_rates must be distinct positive numbers")
     reuse = parse_reuse(args.reuse)
+    close = parse_close(args)
     summary = {"command": command, "lengths": args.lengths, "seeds": args.seeds, "rates": {},
+               "close": args.close, "close_seeds": args.close_seeds if close else [],
                "reused": {f"{r:g}": str(d) for r, d in reuse.items()}}
     for rate in sorted({*args.learning_rates, *reuse}):
         if rate in reuse:
-            rows = reused_rows(rate, reuse[rate], args)
+            rows = reused_rows(rate, reuse[rate], args, close)
         else:
-            flags = sweep_args(rate, args)
-            print(f"{PROG}: learning rate {rate:g}: python compare.py {' '.join(flags)}", flush=True)
-            compare.sweep(compare.parse_args(flags), "python compare.py " + " ".join(flags))
-            rows = read_json(Path(args.out) / f"lr{rate:g}" / compare.SUMMARY, "sweep summary").list("runs")
+            rows = swept_rows(rate, args) + [row for cell in close for row in swept_rows(rate, args, cell)]
         summary["rates"][rate] = {f"{m} {length}": c for (m, length), c in cells(rows).items()}
     write_json({**summary, "rates": {f"{r:g}": v for r, v in summary["rates"].items()}}, out / SUMMARY)
     text = table(summary, args.max_steps)
@@ -181,6 +204,22 @@ def parse_reuse(items: list[str]) -> dict[float, Path]:
     return out
 
 
+def parse_close(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The --close cells as (model, input length), checked against the study's grid and seeds."""
+    cells = []
+    for item in args.close:
+        model, _, length = item.partition(":")
+        if model not in ("lstm", "rnn") or not length.isdigit() or int(length) not in args.lengths:
+            raise UserError(f"--close takes MODEL:LENGTH with MODEL lstm or rnn and LENGTH one of --lengths "
+                            f"{args.lengths}, got {item!r}")
+        cells.append((model, int(length)))
+    if len(set(cells)) != len(cells):
+        raise UserError("--close lists a cell more than once")
+    if cells and (set(args.close_seeds) & set(args.seeds) or len(set(args.close_seeds)) != len(args.close_seeds)):
+        raise UserError(f"--close_seeds must be distinct and not among --seeds {args.seeds}, got {args.close_seeds}")
+    return cells
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--learning_rates", type=float, nargs="+", default=list(RATES),
@@ -189,6 +228,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="take a rate's runs from a compare.py sweep at these settings without the stop at 99.5%%")
     p.add_argument("--lengths", type=int, nargs="+", default=[9, 19, 29, 49], help="input lengths (default: 9 19 29 49)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default: 0 1)")
+    p.add_argument("--close", nargs="*", default=[], metavar="MODEL:LENGTH",
+                   help="cells where the seeds leave the answer close: they also train --close_seeds at every rate")
+    p.add_argument("--close_seeds", type=int, nargs="+", default=[2], help="the --close cells' extra seeds (default: 2)")
     p.add_argument("--max_steps", type=int, default=5_000, help="step budget per run (default: 5000)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default: 1)")
     p.add_argument("--out", default=str(HERE / "runs" / "lr_study"), help="folder (default: part1/runs/lr_study)")

@@ -52,18 +52,25 @@ def test_rnn_failures_writes_its_files_and_refuses_to_replace_them(tmp_path: Pat
 
 def test_lr_study_tables_every_cell(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """One rate swept here, one taken from a sweep without the stop at 99.5% (as the template comparison is)."""
-    sweep = ["--lengths", "3", "--lstm_lengths", "--seeds", "0", "--input_dim", "1", "--lstm_init", "forget_bias",
-             "--max_steps", "20", "--threads", "1"]
+    sweep = ["--lengths", "3", "--lstm_lengths", "--seeds", "0", "1", "--input_dim", "1", "--lstm_init",
+             "forget_bias", "--max_steps", "20", "--threads", "1"]
     compare.sweep(compare.parse_args([*sweep, "--target_accuracy", "0", "--out", str(tmp_path / "tpl")]), "test")
     out = tmp_path / "lr"
-    lr_study.study(lr_study.parse_args(["--learning_rates", "0.01", "--reuse", f"0.001={tmp_path / 'tpl'}",
-                                        "--lengths", "3", "--seeds", "0", "--max_steps", "20", "--out", str(out)]),
-                   "test")
+    study = ["--learning_rates", "0.01", "--reuse", f"0.001={tmp_path / 'tpl'}", "--lengths", "3", "--seeds", "0",
+             "--max_steps", "20"]
+    lr_study.study(lr_study.parse_args([*study, "--close", "rnn:3", "--close_seeds", "1", "--out", str(out)]), "test")
     summary = json.loads((out / "lr_study.json").read_text())
     assert set(summary["rates"]) == {"0.001", "0.01"} and set(summary["rates"]["0.01"]) == {"lstm 3", "rnn 3"}
+    for rate in ("0.001", "0.01"):  # the close cell has its extra seed at the swept rate and the reused one
+        assert [summary["rates"][rate][cell]["runs"] for cell in ("lstm 3", "rnn 3")] == [1, 2]
     table = (out / "lr_study.md").read_text()
-    assert table.count("| 3 |") == 2 and (out / "lr_study.png").stat().st_size > 1000
-    assert (out / "lr0.01" / "compare.json").is_file() and not (out / "lr0.001").exists()
+    assert table.count("| 3 |") == 2 and "/2" in table and (out / "lr_study.png").stat().st_size > 1000
+    assert (out / "lr0.01" / "close_rnn3" / "compare.json").is_file() and not (out / "lr0.001").exists()
+    for close, message in ((["gru:3"], "MODEL:LENGTH"), (["rnn:5"], "MODEL:LENGTH"), (["rnn:3", "rnn:3"], "once"),
+                           (["rnn:3", "--close_seeds", "0"], "not among --seeds"),
+                           (["rnn:3", "--close_seeds", "2"], "lacks some")):  # the reused sweep has no seed 2
+        with pytest.raises(Exception, match=message):
+            lr_study.study(lr_study.parse_args([*study, "--close", *close, "--out", str(tmp_path / "lr3")]), "test")
     for reuse, steps, message in (("0.003", "20", "learning_rate"),  # a sweep at another rate
                                   ("0.001", "40", "fewer than 40"),  # a sweep shorter than the study
                                   ("0.001", "10", "no validation within 10")):  # nothing inside the budget
