@@ -8,7 +8,8 @@ Inception Score on the repository's classifier, the class histogram), and writes
 recipe_study.md (mean ± std over the seeds) and recipe_study.png to --out, with each run's
 losses.csv, config.json and scores.json in <out>/<setting>_seed<s>/ (its checkpoint and generators
 stay in --runs). The learning-rate decay spans --n_epochs, so a shorter run keeps the schedule's
-shape. Running the study again keeps finished runs and resumes stopped ones.
+shape. Running the study again keeps finished runs and resumes stopped ones. --redraw draws
+recipe_study.png again from recipe_study.json in --out, without training.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def table(summary: dict, args: argparse.Namespace, command: str) -> str:
 
 
 def plot(per_run: dict[str, dict[int, dict]], path: Path) -> None:
-    """FID and IS at the end, every seed as a dot and the mean as a bar, per setting."""
+    """FID and IS at the end per setting: every seed as a dot, the mean ± std beside them."""
     from matplotlib.figure import Figure
 
     settings = list(per_run)
@@ -126,15 +127,19 @@ def plot(per_run: dict[str, dict[int, dict]], path: Path) -> None:
     axes = fig.subplots(1, 2)
     for ax, metric, label in ((axes[0], "fid", "FID at the end (lower is better)"),
                               (axes[1], "inception_score", "Inception Score at the end (higher is better)")):
-        for i, setting in enumerate(settings):
+        for i, setting in enumerate(settings):  # no bars: their baseline would hide differences of tenths
             values = [r["end"][metric] for r in per_run[setting].values()]
-            ax.bar(i, statistics.fmean(values), color="tab:blue" if setting != "none" else "tab:gray", alpha=0.5)
-            ax.plot([i] * len(values), values, "o", color="black", ms=4)
+            if len(values) > 1:
+                ax.errorbar(i + 0.12, statistics.fmean(values), yerr=statistics.pstdev(values), fmt="s", ms=7,
+                            capsize=5, color="tab:gray" if setting == "none" else "tab:blue")
+            ax.plot([i - 0.12 * (len(values) > 1)] * len(values), values, "o", color="black", ms=4)
         ax.set_xticks(range(len(settings)), settings, rotation=30, ha="right")
-        ax.set(ylabel=label)
+        ax.set(ylabel=label, xlim=(-0.6, len(settings) - 0.4))
         ax.grid(alpha=0.3, axis="y")
-    axes[0].set_yscale("log")
-    fig.suptitle("The stabilisers, left out one at a time (bars: mean over seeds; dots: each seed)")
+    one_seed = all(len(runs) == 1 for runs in per_run.values())
+    fig.suptitle("FID and IS of each setting at the end of training " + (
+        "(one seed each: an observation, its spread not measured)" if one_seed
+        else "(dots: each seed; squares: mean ± std over seeds)"))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
@@ -170,6 +175,22 @@ def study(args: argparse.Namespace, command: str) -> None:
     print("\n" + text)
 
 
+def redraw(args: argparse.Namespace) -> None:
+    """recipe_study.png drawn again from the recipe_study.json in --out, without training or scoring."""
+    out = check_out(args.out, overwrite=args.overwrite)
+    refuse_replacing(out / "recipe_study.png", args.overwrite)
+    runs = read_json(out / "recipe_study.json", "study summary").fields("runs")
+    per_run = {}
+    for setting in runs.obj:
+        seeds = runs.fields(setting)
+        per_run[setting] = {seed: {"end": {metric: seeds.fields(seed).fields("end").number(metric, 0)
+                                           for metric in ("fid", "inception_score")}} for seed in seeds.obj}
+    if not per_run or not all(per_run.values()):
+        raise UserError(f"{out / 'recipe_study.json'}: runs must name at least one setting, each with its seeds")
+    plot(per_run, out / "recipe_study.png")
+    print(f"recipe_study.png drawn again in {out}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), help="settings to train (default: all)")
@@ -185,13 +206,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(HERE / "runs" / "recipe_study"),
                    help="folder for the summary and each run's losses, settings and scores (default: part2/runs/recipe_study)")
     p.add_argument("--overwrite", action="store_true", help="replace the summary (needed inside the committed part2/results)")
+    p.add_argument("--redraw", action="store_true", help="draw recipe_study.png again from --out, without training")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python part2/recipe_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    run_cli(PROG, lambda: study(args, command))
+    run_cli(PROG, lambda: redraw(args) if args.redraw else study(args, command))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,20 @@ def test_lr_study_reads_a_longer_run_up_to_its_own_budget() -> None:
         lr_study.within_budget(Fields({**row, "curve": [[250, "0.5"]]}, "compare.json"), 500)
 
 
+def test_recipe_study_redraws_its_figure_from_the_summary(tmp_path: Path) -> None:
+    end = {"fid": 30.0, "inception_score": 7.4}
+    runs = {"all four": {"0": {"end": end}, "1": {"end": {**end, "fid": 33.0}}}, "none": {"0": {"end": end}}}
+    (tmp_path / "recipe_study.json").write_text(json.dumps({"runs": runs}))
+    recipe_study.redraw(recipe_study.parse_args(["--redraw", "--out", str(tmp_path)]))
+    assert (tmp_path / "recipe_study.png").stat().st_size > 1000
+    with pytest.raises(Exception, match="--overwrite"):  # a figure is not replaced unasked
+        recipe_study.redraw(recipe_study.parse_args(["--redraw", "--out", str(tmp_path)]))
+    runs["none"]["0"]["end"]["fid"] = "30"  # hand-edited
+    (tmp_path / "recipe_study.json").write_text(json.dumps({"runs": runs}))
+    with pytest.raises(Exception, match="fid"):
+        recipe_study.redraw(recipe_study.parse_args(["--redraw", "--out", str(tmp_path), "--overwrite"]))
+
+
 @pytest.mark.slow  # two GAN trainings and their scoring: `make test-slow`
 def test_recipe_study_scores_each_run_and_keeps_its_losses(tmp_path: Path) -> None:
     data = write_fake_mnist(tmp_path / "data", n_train=64, n_test=32)
