@@ -70,7 +70,7 @@ def reused_rows(rate: float, sweep: Path, args: argparse.Namespace, close: list[
             raise UserError(f"--reuse: {sweep} was swept with {key} {swept.raw(key, None)}, not {value}")
     if swept.int("max_steps", 1) < args.max_steps:
         raise UserError(f"--reuse: {sweep} was swept for {swept.int('max_steps', 1)} steps, fewer than {args.max_steps}")
-    runs = {(model, length, seed) for model in ("lstm", "rnn") for length in args.lengths for seed in args.seeds}
+    runs = {(model, length, seed) for model in compare.MODELS for length in args.lengths for seed in args.seeds}
     runs |= {(model, length, seed) for model, length in close for seed in args.close_seeds}
     rows = [within_budget(r, args.max_steps) for r in summary.records("runs")
             if (r.str("model"), r.int("input_length", 1), r.int("seed", 0)) in runs]
@@ -115,7 +115,7 @@ def table(summary: dict, max_steps: int) -> str:
              "99% (mean ± std); where none did, the best accuracy reached (mean over seeds). Template settings: "
              "digits as numbers, uniform initialisation with forget bias 1, RMSprop, batch 128, hidden 128, "
              f"clipping at 10, validation every 250 steps, a stop at 99.5%. Seeds {seeds}.", ""]
-    for model in ("lstm", "rnn"):
+    for model in compare.MODELS:
         lines += [f"**{model.upper()}**", "", "| input length | " + " | ".join(f"lr {r:g}" for r in rates) + " |",
                   "|---:|" + "---:|" * len(rates)]
         for length in summary["lengths"]:
@@ -141,7 +141,7 @@ def plot(summary: dict, path: Path, max_steps: int) -> None:
     rates, lengths = sorted(summary["rates"]), summary["lengths"]
     fig = Figure(figsize=(12, 0.6 * len(lengths) + 2.6))
     axes = fig.subplots(1, 2)
-    for ax, model in zip(axes, ("lstm", "rnn")):
+    for ax, model in zip(axes, compare.MODELS):
         grid = []
         for length in lengths:
             row = []
@@ -209,7 +209,7 @@ def parse_close(args: argparse.Namespace) -> list[tuple[str, int]]:
     cells = []
     for item in args.close:
         model, _, length = item.partition(":")
-        if model not in ("lstm", "rnn") or not length.isdigit() or int(length) not in args.lengths:
+        if model not in compare.MODELS or not length.isdigit() or int(length) not in args.lengths:
             raise UserError(f"--close takes MODEL:LENGTH with MODEL lstm or rnn and LENGTH one of --lengths "
                             f"{args.lengths}, got {item!r}")
         cells.append((model, int(length)))

@@ -130,8 +130,9 @@ def plot(per_run: dict[str, dict[int, dict]], path: Path) -> None:
         for i, setting in enumerate(settings):  # no bars: their baseline would hide differences of tenths
             values = [r["end"][metric] for r in per_run[setting].values()]
             if len(values) > 1:
-                ax.errorbar(i + 0.12, statistics.fmean(values), yerr=statistics.pstdev(values), fmt="s", ms=7,
-                            capsize=5, color="tab:gray" if setting == "none" else "tab:blue")
+                mean, std = mean_std(values)
+                ax.errorbar(i + 0.12, mean, yerr=std, fmt="s", ms=7, capsize=5,
+                            color="tab:gray" if setting == "none" else "tab:blue")
             ax.plot([i - 0.12 * (len(values) > 1)] * len(values), values, "o", color="black", ms=4)
         ax.set_xticks(range(len(settings)), settings, rotation=30, ha="right")
         ax.set(ylabel=label, xlim=(-0.6, len(settings) - 0.4))
